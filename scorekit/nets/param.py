@@ -1,0 +1,70 @@
+"""One place where a raw network's output becomes a score.
+
+A backbone `F(x_in, c_noise)` sees preconditioned inputs (EDM, Karras et al. 2022, Table 1, in the
+rescaled coordinates `x~ = x / alpha`, noise level `s = sigma / alpha`):
+`x_in = c_in x~` with `c_in = 1 / sqrt(s^2 + sigma_data^2)` and `c_noise = log(s) / 4`.
+Its output is read as a score, epsilon, x0, or EDM's skip-connected denoiser, and converted here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from scorekit.sde import SDE, _per_sample
+
+PARAMETERIZATIONS = ("score", "eps", "x0", "edm")
+
+
+class ScoreModel(nn.Module):
+    """Wrap a backbone `net(x_in, c_noise)` so that `model(x, t)` returns the score (B, *D).
+
+    `scaled_score(x, t)` returns `sigma_t * score` computed without dividing by a tiny sigma,
+    which is what the sigma^2-weighted DSM loss needs.
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "eps",
+                 sigma_data: float = 1.0, precondition: bool = True):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; valid: "
+                             f"{list(PARAMETERIZATIONS)}")
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.net, self.sde = net, sde
+        self.parameterization = parameterization
+        self.sigma_data = float(sigma_data)
+        self.precondition = precondition
+
+    def _raw(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Network output F plus per-sample (alpha, sigma, s = sigma/alpha), broadcast to x."""
+        alpha, sigma = self.sde._marginal(t.to(x.dtype))
+        level = sigma / alpha
+        if self.precondition:
+            c_in = torch.rsqrt(level**2 + self.sigma_data**2) / alpha
+            c_noise = 0.25 * torch.log(level)
+        else:
+            c_in, c_noise = torch.ones_like(t, dtype=x.dtype), t.to(x.dtype)
+        out = self.net(x * _per_sample(c_in, x), c_noise)
+        return out, _per_sample(alpha, x), _per_sample(sigma, x), _per_sample(level, x)
+
+    def scaled_score(self, x: Tensor, t: Tensor) -> Tensor:
+        """sigma_t * grad log p_t(x) = -eps_hat; x: (B, *D), t: (B,) -> (B, *D)."""
+        out, alpha, sigma, level = self._raw(x, t)
+        p = self.parameterization
+        if p == "eps":
+            return -out
+        if p == "score":
+            return sigma * out
+        sd2 = self.sigma_data**2
+        if p == "x0":
+            x0 = out
+        else:  # edm: D = c_skip x~ + c_out F, with c_skip, c_out of the rescaled noise level
+            x0 = (sd2 / (level**2 + sd2)) * (x / alpha) + (level * self.sigma_data
+                                                           * torch.rsqrt(level**2 + sd2)) * out
+        return (alpha * x0 - x) / sigma
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Score grad_x log p_t(x); x: (B, *D), t: (B,) -> (B, *D)."""
+        alpha, sigma = self.sde._marginal(t.to(x.dtype))
+        return self.scaled_score(x, t) / _per_sample(sigma, x)
