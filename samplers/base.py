@@ -72,13 +72,11 @@ def time_grid(sde: SDE, steps: int, kind: str = "uniform", t_start: float | None
     elif kind == "quadratic":
         grid = t1 + (t0 - t1) * (1 - u) ** 2
     else:
-        ends = torch.tensor([t0, t1], dtype=torch.float64)
-        s0, s1 = sde.noise_level(ends).tolist()
+        s0, s1 = sde.noise_level(torch.tensor([t0, t1], dtype=torch.float64))
         if kind == "edm":
             level = (s0 ** (1 / rho) + u * (s1 ** (1 / rho) - s0 ** (1 / rho))) ** rho
         else:
-            level = torch.exp(torch.log(torch.tensor(s0)) + u * (torch.log(torch.tensor(s1))
-                                                                   - torch.log(torch.tensor(s0))))
+            level = torch.exp(torch.log(s0) + u * (torch.log(s1) - torch.log(s0)))
         grid = sde.t_of_noise_level(level)
     grid[0], grid[-1] = t0, t1  # exact end points whatever the round trip did
     return grid

@@ -96,13 +96,15 @@ def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm
 def predictor_corrector(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
                         grid: str = "uniform", predictor: str = "ancestral",
                         corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1,
-                        snr_norm: str = "per_sample", denoise: str = "tweedie",
+                        snr_norm: str = "batch_mean", denoise: str = "tweedie",
                         generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
     """Predictor–corrector sampling: at each t_i, `n_corrector` Langevin steps then one
     predictor step t_i -> t_{i+1}. NFE = steps (n_corrector + 1) (+1 with Tweedie).
 
-    snr_norm "per_sample" (default) uses each sample's norms; "batch_mean" reproduces score_sde
-    (results then depend on the batch). VP + Langevin needs a much smaller snr (~0.01).
+    snr_norm "batch_mean" (default, as score_sde) uses the batch-mean norms, so results depend
+    slightly on the batch; "per_sample" makes each sample independent of the batch but is only
+    safe in high dimension: in low d a sample near a mode has |s| ~ 0 and gets a huge step.
+    VP + Langevin needs a much smaller snr (~0.01).
     """
     _check_choice(denoise, DENOISE, "denoise")
     _check_choice(predictor, PREDICTORS, "predictor")

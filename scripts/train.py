@@ -1,0 +1,27 @@
+"""Train a score model and sample from it: `python scripts/train.py [group=option] [key=value]`.
+
+Writes config.yaml, checkpoints/last.safetensors, metrics.json and samples.png to the Hydra run
+dir. Resume a killed run with `hydra.run.dir=<its dir> trainer.resume=true`.
+"""
+
+import json
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from scorekit.train import Trainer
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    metrics = Trainer(cfg, run_dir=run_dir).run()
+    keys = ("sliced_wasserstein", "sliced_wasserstein_floor", "sliced_wasserstein_prior", "nfe",
+            "train_time_s", "sample_time_s")
+    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+    print(f"run dir: {run_dir}  (samples.png, metrics.json, checkpoints/)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Exact laws for tests with Gaussian data: affine samplers map Gaussians to Gaussians."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from scorekit.scores import GaussianScore
+from scorekit.sde import SDE
+
+
+def marginal_moments(gs: GaussianScore, t: float) -> tuple[Tensor, Tensor]:
+    """Mean and covariance of p_t (float64)."""
+    _, means, covs = gs.marginal_params(t)
+    return means[0], covs[0]
+
+
+def chain_law(gs: GaussianScore, sde: SDE, grid: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    """Law of x_N for x_{i+1} = k1 x + k2 s(x, t_i) + k3 z with the exact Gaussian score.
+
+    With s(x, t) = -C_t^{-1}(x - m_t) each step is affine: A = k1 I - k2 C^{-1},
+    b = k2 C^{-1} m_t, noise k3 z; propagate (mean, cov) from the prior in float64.
+    """
+    d = gs.dim
+    eye = torch.eye(d, dtype=torch.float64)
+    m = torch.zeros(d, dtype=torch.float64)
+    c = sde.prior_std**2 * eye
+    for i in range(len(grid) - 1):
+        mt, ct = marginal_moments(gs, float(grid[i]))
+        cinv = torch.linalg.inv(ct)
+        k1, k2, k3 = (float(v) for v in coef[i])
+        a = k1 * eye - k2 * cinv
+        m = a @ m + k2 * cinv @ mt
+        c = a @ c @ a.T + k3**2 * eye
+    return m, c
+
+
+def tweedie_affine(gs: GaussianScore, sde: SDE, t: float) -> tuple[Tensor, Tensor]:
+    """(A, b) with Tweedie(x) = A x + b for the exact Gaussian score at time t."""
+    mt, ct = marginal_moments(gs, t)
+    tt = torch.tensor([t], dtype=torch.float64)
+    alpha, sigma = (float(v) for v in sde._marginal(tt))
+    cinv = torch.linalg.inv(ct)
+    eye = torch.eye(gs.dim, dtype=torch.float64)
+    return (eye - sigma**2 * cinv) / alpha, sigma**2 * cinv @ mt / alpha
+
+
+def assert_gaussian_law(x: Tensor, mean: Tensor, cov: Tensor, n_se: float = 5.0) -> None:
+    """Per eigendirection u_k of `cov`: |mean error| <= n_se sqrt(lam_k / n) and
+    |var ratio - 1| <= n_se sqrt(2 / (n - 1)) (SE of a Gaussian sample variance)."""
+    n = x.shape[0]
+    lam, u = torch.linalg.eigh(cov)
+    y = (x.double() - mean) @ u
+    mean_err = y.mean(0).abs()
+    var_ratio = y.var(0) / lam
+    tol_mean = n_se * torch.sqrt(lam / n)
+    tol_var = n_se * (2 / (n - 1)) ** 0.5
+    assert (mean_err <= tol_mean).all(), f"mean error {mean_err} > {tol_mean}"
+    assert ((var_ratio - 1).abs() <= tol_var).all(), f"var ratio {var_ratio} off by > {tol_var}"
+
+
+def random_spd(d: int, lo: float, hi: float, seed: int = 0) -> Tensor:
+    """SPD matrix with eigenvalues log-spaced in [lo, hi] and a random basis."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    lam = torch.logspace(torch.log10(torch.tensor(lo)), torch.log10(torch.tensor(hi)), d,
+                         dtype=torch.float64)
+    return q @ torch.diag(lam) @ q.T

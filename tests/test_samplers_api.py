@@ -1,0 +1,100 @@
+"""Public sampler API: method registry, honest NFE accounting, input validation."""
+
+import pytest
+import torch
+
+import samplers
+from samplers.base import GRIDS, CountingScore, time_grid
+from scorekit.scores import GaussianScore
+from scorekit.sde import EDMSDE, SubVPSDE, VESDE, VPSDE
+
+
+def _score(sde, d=3):
+    return GaussianScore(torch.zeros(d), torch.eye(d) * 0.5, sde)
+
+
+class CallLog:
+    """A score that records how many rows it saw, independently of samplers' own counter."""
+
+    def __init__(self, score):
+        self.score, self.rows = score, 0
+
+    def __call__(self, x, t):
+        self.rows += x.shape[0]
+        return self.score(x, t)
+
+
+@pytest.mark.parametrize("method", samplers.available())
+@pytest.mark.parametrize("denoise,extra", [("tweedie", 1), ("none", 0)])
+def test_nfe_counted_by_calls(method, denoise, extra):
+    sde = VPSDE()
+    log = CallLog(_score(sde))
+    n, steps = 7, 13
+    res = samplers.sample(log, sde, (n, 3), method=method, steps=steps, denoise=denoise)
+    assert res.nfe_per_sample.shape == (n,)
+    assert res.nfe == res.nfe_per_sample.double().mean().item() == log.rows / n
+    per_step = 2 if method == "pc" else 1  # one Langevin corrector + one predictor call
+    assert res.nfe == steps * per_step + extra
+
+
+def test_counting_score_rows():
+    c = CountingScore(lambda x, t: x, n=5)
+    c(torch.zeros(2, 1), torch.zeros(2), rows=torch.tensor([1, 3]))
+    c(torch.zeros(5, 1), torch.zeros(5))
+    assert c.counts.tolist() == [1, 2, 1, 2, 1]
+    with pytest.raises(ValueError, match="rows"):
+        c(torch.zeros(2, 1), torch.zeros(2))
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        samplers.sample(_score(VPSDE()), VPSDE(), (4, 3), method="dpm++")
+    assert "'dpm++'" in str(err.value)
+    for name in samplers.available():
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5])
+def test_bad_steps(steps):
+    with pytest.raises(ValueError, match=f"steps must be an integer >= 1, got {steps}"):
+        samplers.sample(_score(VPSDE()), VPSDE(), (4, 3), steps=steps)
+
+
+def test_unknown_option_named():
+    with pytest.raises(ValueError, match="'snrr'.*'em'"):
+        samplers.sample(_score(VPSDE()), VPSDE(), (4, 3), method="em", snrr=0.1)
+
+
+def test_bad_shape_and_choice():
+    with pytest.raises(ValueError, match=r"shape must be"):
+        samplers.sample(_score(VPSDE()), VPSDE(), (4,))
+    with pytest.raises(ValueError, match="'median'"):
+        samplers.sample(_score(VPSDE()), VPSDE(), (4, 3), denoise="median")
+    with pytest.raises(ValueError, match="x has 2 elements"):
+        samplers.sample(_score(VPSDE()), VPSDE(), (4, 2), steps=2)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(), EDMSDE()],
+                         ids=["vp", "subvp", "ve", "edm"])
+@pytest.mark.parametrize("kind", GRIDS)
+def test_time_grids(sde, kind):
+    g = time_grid(sde, 17, kind)
+    assert g.dtype == torch.float64 and g.shape == (18,)
+    assert g[0] == sde.T and g[-1] == sde.eps
+    assert (g[1:] < g[:-1]).all()
+
+
+def test_logsnr_grid_uniform_in_log_noise_level():
+    sde = VPSDE()
+    lvl = torch.log(sde.noise_level(time_grid(sde, 20, "logsnr")))
+    diffs = lvl[1:] - lvl[:-1]
+    assert torch.allclose(diffs, diffs.mean().expand_as(diffs), rtol=1e-8)
+
+
+def test_deterministic_with_generator():
+    sde = VPSDE()
+    a = samplers.sample(_score(sde), sde, (8, 3), steps=5,
+                        generator=torch.Generator().manual_seed(3)).x
+    b = samplers.sample(_score(sde), sde, (8, 3), steps=5,
+                        generator=torch.Generator().manual_seed(3)).x
+    assert torch.equal(a, b)
