@@ -12,16 +12,22 @@ from typing import Any, Callable
 import torch
 
 from samplers.base import CountingScore, SampleResult, Score, time_grid, tweedie
+from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
+from samplers.likelihood import bits_per_dim, log_likelihood
+from samplers.ode import heun, probability_flow
 from samplers.sde_solvers import euler_maruyama, predictor_corrector
 from scorekit._validate import accepted_kwargs, check_positive_int
 from scorekit.sde import SDE
 
 __all__ = ["sample", "available", "register", "SampleResult", "CountingScore", "time_grid",
-           "tweedie"]
+           "tweedie", "log_likelihood", "bits_per_dim"]
 
 _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "em": euler_maruyama,
     "pc": predictor_corrector,
+    "ode": probability_flow,
+    "heun": heun,
+    **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 
 

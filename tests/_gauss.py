@@ -66,3 +66,25 @@ def random_spd(d: int, lo: float, hi: float, seed: int = 0) -> Tensor:
     lam = torch.logspace(torch.log10(torch.tensor(lo)), torch.log10(torch.tensor(hi)), d,
                          dtype=torch.float64)
     return q @ torch.diag(lam) @ q.T
+
+
+def pf_ode_map(gs: GaussianScore, sde: SDE, x: Tensor, t_from: float, t_to: float) -> Tensor:
+    """Closed-form probability-flow map of Gaussian data between two times (samplers.md §4.1):
+    in the eigenbasis of Sigma each coordinate (x - m_t) / sqrt(c_k(t)) is constant."""
+    lam, u = torch.linalg.eigh(gs.cov)
+    ts = torch.tensor([t_from, t_to], dtype=torch.float64)
+    alpha, sigma = sde._marginal(ts)
+    c = alpha[:, None] ** 2 * lam + sigma[:, None] ** 2
+    y = (x.double() - alpha[0] * gs.mean) @ u
+    return alpha[1] * gs.mean + (y * (c[1] / c[0]).sqrt()) @ u.T
+
+
+def pf_ode_to_level(gs: GaussianScore, sde: SDE, x: Tensor, t_from: float, level: float = 0.0
+                    ) -> Tensor:
+    """Closed-form PF-ODE image of x at time t_from at noise level s = sigma/alpha = `level`, in
+    the rescaled coordinates x / alpha (level 0 gives the ODE's end point in data space)."""
+    lam, u = torch.linalg.eigh(gs.cov)
+    alpha, sigma = (float(v) for v in sde._marginal(torch.tensor([t_from], dtype=torch.float64)))
+    s0 = sigma / alpha
+    y = (x.double() / alpha - gs.mean) @ u
+    return gs.mean + (y * ((lam + level**2) / (lam + s0**2)).sqrt()) @ u.T

@@ -24,17 +24,45 @@ class CallLog:
         return self.score(x, t)
 
 
-@pytest.mark.parametrize("method", samplers.available())
-@pytest.mark.parametrize("denoise,extra", [("tweedie", 1), ("none", 0)])
-def test_nfe_counted_by_calls(method, denoise, extra):
+# method -> (options, expected NFE for steps=13); None where the count depends on the solve.
+EXPECTED = {
+    "em": ({"denoise": "tweedie"}, 13 + 1),
+    "pc": ({"denoise": "tweedie"}, 13 * 2 + 1),  # one Langevin corrector + one predictor call
+    "heun": ({}, 2 * 13 - 1),
+    "ode": ({}, None),
+    "dpm_solver": ({}, 13),
+    "unipc": ({}, 13),
+    "euler_diffusers": ({}, 13),
+}
+
+
+def test_every_method_has_an_nfe_expectation():
+    assert sorted(EXPECTED) == samplers.available()
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_nfe_counted_by_calls(method):
     sde = VPSDE()
     log = CallLog(_score(sde))
-    n, steps = 7, 13
-    res = samplers.sample(log, sde, (n, 3), method=method, steps=steps, denoise=denoise)
+    n = 7
+    opts, expected = EXPECTED[method]
+    steps = None if method == "ode" else 13
+    res = samplers.sample(log, sde, (n, 3), method=method, steps=steps, **opts)
     assert res.nfe_per_sample.shape == (n,)
     assert res.nfe == res.nfe_per_sample.double().mean().item() == log.rows / n
-    per_step = 2 if method == "pc" else 1  # one Langevin corrector + one predictor call
-    assert res.nfe == steps * per_step + extra
+    if expected is not None:
+        assert res.nfe == expected
+
+
+def test_ode_nfe_includes_rejected_steps():
+    """dopri5 (FSAL): 2 initial evaluations + 6 per attempted step, rejected ones included
+    (tight tolerances make the step controller reject some steps)."""
+    sde = VPSDE()
+    log = CallLog(_score(sde))
+    res = samplers.sample(log, sde, (5, 3), method="ode", rtol=1e-7, atol=1e-7)
+    info = res.info
+    assert info["rejected_steps"] > 0
+    assert res.nfe == 2 + 6 * (info["accepted_steps"] + info["rejected_steps"])
 
 
 def test_counting_score_rows():

@@ -1,0 +1,117 @@
+"""diffusers' multistep schedulers (DPM-Solver++, UniPC, Euler) driven by a scorekit score.
+
+Any linear process is seen by the scheduler in variance-preserving form: with the noise level
+s_t = sigma_t / alpha_t, x_vp = x / sqrt(alpha_t^2 + sigma_t^2) has alpha_bar = 1 / (1 + s_t^2)
+and the same noise eps, so the epsilon "model output" is eps_hat = -sigma_t s(x, t) in every
+coordinate system. The scheduler is built from a table t_n = eps + n (T - eps) / (M - 1) through
+`trained_betas`, so its `alphas_cumprod[n]` is the process's alpha_bar(t_n) (no re-discretised
+beta schedule), and timestep n maps back to t_n. The solvers themselves are diffusers'.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from samplers.base import Score
+from scorekit.sde import SDE, EDMSDE
+
+SCHEDULERS = {
+    "dpm_solver": ("DPMSolverMultistepScheduler",
+                   {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True,
+                    "final_sigmas_type": "zero"}),
+    "unipc": ("UniPCMultistepScheduler",
+              {"solver_order": 2, "solver_type": "bh2", "predict_x0": True,
+               "final_sigmas_type": "zero"}),
+    "euler_diffusers": ("EulerDiscreteScheduler", {"final_sigmas_type": "zero"}),
+}
+N_TRAIN = 1000
+
+
+# diffusers keeps alphas_cumprod in float32, where 1 / (1 + s^2) rounds to 1 for s < ~3e-4.
+MIN_LEVEL = 1e-3
+
+
+def _alpha_bar_table(sde: SDE, n_train: int, table: str | None = None) -> tuple[Tensor, Tensor]:
+    """(t_n, alpha_bar_n), float64, n = 0..n_train-1, increasing in t.
+
+    "uniform" spaces t_n uniformly on [eps, T]; "logsnr" spaces the noise level geometrically
+    (the default for EDM, whose t is sigma itself). Levels below MIN_LEVEL are floored and their
+    t moved to match, so the table stays exact where the scheduler reads it.
+    """
+    table = table or ("logsnr" if isinstance(sde, EDMSDE) else "uniform")
+    if table not in ("uniform", "logsnr"):
+        raise ValueError(f"table must be 'uniform' or 'logsnr', got {table!r}")
+    if table == "uniform":
+        t = torch.linspace(sde.eps, sde.T, n_train, dtype=torch.float64)
+    else:
+        ends = sde.noise_level(torch.tensor([sde.eps, sde.T], dtype=torch.float64)).log()
+        t = sde.t_of_noise_level(torch.exp(torch.linspace(float(ends[0]), float(ends[1]),
+                                                          n_train, dtype=torch.float64)))
+    level = sde.noise_level(t)
+    low = level < MIN_LEVEL
+    if bool(low.any()):
+        t_floor = sde.t_of_noise_level(torch.tensor([MIN_LEVEL], dtype=torch.float64))
+        t = torch.where(low, t_floor, t)
+        level = level.clamp_min(MIN_LEVEL)
+    return t, 1.0 / (1.0 + level**2)
+
+
+def make_scheduler(kind: str, sde: SDE, n_train: int = N_TRAIN, table: str | None = None,
+                   **overrides: Any):
+    """A diffusers scheduler whose alphas_cumprod are the process's alpha_bar(t_n) exactly."""
+    import diffusers
+
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown diffusers scheduler {kind!r}; valid: {sorted(SCHEDULERS)}")
+    cls_name, defaults = SCHEDULERS[kind]
+    cls = getattr(diffusers, cls_name)
+    params = {**defaults, **overrides}
+    valid = set(inspect.signature(cls.__init__).parameters)
+    for key in params:
+        if key not in valid:
+            raise ValueError(f"{cls_name} (diffusers {diffusers.__version__}) has no option "
+                             f"{key!r}")
+    _, abar = _alpha_bar_table(sde, n_train, table)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    betas = (1 - abar / prev).clamp(0.0, 0.999999)
+    return cls(num_train_timesteps=n_train, trained_betas=betas.tolist(),
+               prediction_type="epsilon", **params)
+
+
+def diffusers_sampler(kind: str):
+    """Build the sampler function for `samplers.sample(method=kind)`."""
+
+    def run(score: Score, sde: SDE, x: Tensor, *, steps: int = 20,
+            table: str | None = None, scheduler_kwargs: dict | None = None, generator: torch.Generator | None = None
+            ) -> tuple[Tensor, dict]:
+        sched = make_scheduler(kind, sde, table=table, **(scheduler_kwargs or {}))
+        sched.set_timesteps(steps)  # resets multistep history: a fresh solve every call
+        t_table, _ = _alpha_bar_table(sde, sched.config.num_train_timesteps, table)
+        alpha, sigma = sde._marginal(t_table)
+        norm = torch.sqrt(alpha**2 + sigma**2)  # x = norm * x_vp
+        b = x.shape[0]
+        # Scheduler state: VP form for DPM/UniPC, x / alpha (= x_vp sqrt(1 + s^2)) for Euler.
+        first = int(sched.timesteps[0])
+        x_vp = x / float(norm[first])
+        state = x_vp * sched.init_noise_sigma
+        for n in sched.timesteps:
+            i = int(round(float(n)))
+            inp = sched.scale_model_input(state, n)  # x_vp at timestep n
+            t = torch.full((b,), float(t_table[i]), dtype=x.dtype, device=x.device)
+            xs = inp * float(norm[i])
+            eps_hat = -float(sigma[i]) * score(xs, t)
+            state = sched.step(eps_hat, n, state).prev_sample
+        # With final sigma zero the last state is the x0 estimate (same in every coordinate).
+        return state.to(x.dtype), {"scheduler": type(sched).__name__,
+                                   "timesteps": [int(round(float(n))) for n in sched.timesteps]}
+
+    run.__name__ = f"diffusers_{kind}"
+    run.__doc__ = (f"diffusers {SCHEDULERS[kind][0]} driven by the score; x: (B, *D). "
+                   f"NFE = steps; the output is the final x0 estimate.")
+    return run
+
+
