@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from samplers.base import Score
-from scorekit.sde import SDE, EDMSDE
+from scorekit.sde import EDMSDE, SDE
 
 SCHEDULERS = {
     "dpm_solver": ("DPMSolverMultistepScheduler",
@@ -86,7 +86,8 @@ def diffusers_sampler(kind: str):
     """Build the sampler function for `samplers.sample(method=kind)`."""
 
     def run(score: Score, sde: SDE, x: Tensor, *, steps: int = 20,
-            table: str | None = None, scheduler_kwargs: dict | None = None, generator: torch.Generator | None = None
+            table: str | None = None, scheduler_kwargs: dict | None = None,
+            generator: torch.Generator | None = None
             ) -> tuple[Tensor, dict]:
         sched = make_scheduler(kind, sde, table=table, **(scheduler_kwargs or {}))
         sched.set_timesteps(steps)  # resets multistep history: a fresh solve every call

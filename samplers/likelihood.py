@@ -7,7 +7,7 @@ log p_eps(x) = log p_T(x_T) + delta(T) (Chen et al. 2018; Song et al. 2021, Appe
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from samplers.base import Score, time_grid
 from samplers.sde_solvers import DENOISE, _check_choice, _finish
-from scorekit.sde import SDE, EDMSDE, _per_sample
+from scorekit.sde import EDMSDE, SDE, _per_sample
 
 
 def _torchdiffeq_solvers() -> list[str]:

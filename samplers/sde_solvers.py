@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from samplers.base import Score, time_grid, tweedie
-from scorekit.sde import SDE, VESDE, VPSDE, EDMSDE, _per_sample
+from scorekit.sde import EDMSDE, SDE, VESDE, VPSDE, _per_sample
 
 DENOISE = ("tweedie", "mean", "none")
 PREDICTORS = ("ancestral", "em")
@@ -82,7 +82,7 @@ def euler_maruyama(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
 
 def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm: str,
               generator: torch.Generator | None) -> Tensor:
-    """One Langevin corrector step with step size 2 a (snr |z| / |s|)^2 (Song et al. 2021, Alg. 4)."""
+    """One Langevin corrector step, step size 2 a (snr |z| / |s|)^2 (Song et al. 2021, Alg. 4)."""
     s = score(x, t)
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     s_norm = s.flatten(1).norm(dim=1)

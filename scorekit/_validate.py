@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def accepted_kwargs(fn: Callable[..., Any]) -> list[str] | None:

@@ -25,7 +25,7 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write `tensors` + JSON `meta` to `path` atomically (temp file in the same dir, then rename)."""
+    """Write `tensors` + JSON `meta` to `path` atomically (temp file in the same dir + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

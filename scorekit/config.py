@@ -69,7 +69,8 @@ def validate(cfg: Any) -> DictConfig:
     allowed = list(FIXED) + list(OPEN) + list(TOP)
     for key in cfg:
         if key not in allowed:
-            raise ConfigError(f"unknown config key '{key}'; valid top-level keys: {sorted(allowed)}")
+            raise ConfigError(
+                f"unknown config key '{key}'; valid top-level keys: {sorted(allowed)}")
     for section in OPEN:
         if section not in cfg:
             raise ConfigError(f"config is missing the section '{section}'")

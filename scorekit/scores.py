@@ -42,7 +42,8 @@ class GMMScore(nn.Module):
     def __init__(self, weights: Tensor, means: Tensor, covs: Tensor, sde: SDE,
                  allow_singular: bool = False):
         super().__init__()
-        weights, means, covs = (torch.as_tensor(a, dtype=torch.float64) for a in (weights, means, covs))
+        weights, means, covs = (torch.as_tensor(a, dtype=torch.float64)
+                                for a in (weights, means, covs))
         if weights.dim() != 1 or weights.numel() < 1:
             raise ValueError(f"weights must have shape (K,), got {tuple(weights.shape)}")
         k = weights.shape[0]
@@ -75,7 +76,8 @@ class GMMScore(nn.Module):
     def _terms(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-component log densities (B, K), eigen-coordinates y (B, K, d) and variances c."""
         if x[0].numel() != self.dim:
-            raise ValueError(f"x has {x[0].numel()} elements per sample, score expects d={self.dim}")
+            raise ValueError(
+                f"x has {x[0].numel()} elements per sample, score expects d={self.dim}")
         if t.dim() != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape (B={x.shape[0]},), got {tuple(t.shape)}")
         dt = x.dtype
@@ -85,7 +87,8 @@ class GMMScore(nn.Module):
         u = self.eigvecs.to(dt)
         y = torch.einsum("bkd,kde->bke", xf - alpha * self.means.to(dt), u)
         c = alpha**2 * self.eigvals.to(dt) + sigma**2
-        logn = -0.5 * ((y * y / c).sum(-1) + torch.log(c).sum(-1) + self.dim * math.log(2 * math.pi))
+        logn = -0.5 * ((y * y / c).sum(-1) + torch.log(c).sum(-1)
+                       + self.dim * math.log(2 * math.pi))
         return logn + self.log_weights.to(dt), y, c
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

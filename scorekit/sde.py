@@ -149,7 +149,8 @@ class _BetaSchedule(SDE):
                              f"beta_max={beta_max}")
         if not 0 < eps < T:
             raise ValueError(f"need 0 < eps < T, got eps={eps}, T={T}")
-        self.beta_min, self.beta_max, self.T, self.eps = float(beta_min), float(beta_max), float(T), float(eps)
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.T, self.eps = float(T), float(eps)
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -244,7 +245,8 @@ class VESDE(SDE):
                              f"sigma_max={sigma_max}")
         if not 0 < eps < T:
             raise ValueError(f"need 0 < eps < T, got eps={eps}, T={T}")
-        self.sigma_min, self.sigma_max, self.T, self.eps = float(sigma_min), float(sigma_max), float(T), float(eps)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.T, self.eps = float(T), float(eps)
 
     @property
     def _log_ratio(self) -> float:

@@ -90,6 +90,7 @@ class Trainer:
         self.step = 0
         self.loss_history: list[float] = []  # mean loss of each log interval
         self.train_time = 0.0
+        self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
         if save_config:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
 
@@ -119,6 +120,7 @@ class Trainer:
         if path.is_dir():
             path = path / "checkpoints" / CKPT_NAME
         tensors, meta = ckpt.load(path)
+        self._resume_checked = True  # an explicit load wins over `trainer.resume`
         diffs = _diff_configs(meta.get("config", {}), self._model_config())
         if diffs:
             raise ckpt.CheckpointError(f"checkpoint {path} does not match the config: "
@@ -135,6 +137,9 @@ class Trainer:
         self.train_time = float(meta.get("train_time", 0.0))
 
     def _maybe_resume(self) -> None:
+        if self._resume_checked:
+            return
+        self._resume_checked = True
         resume = self.cfg.trainer.resume
         if resume is False or resume is None or resume == "false":
             return

@@ -6,7 +6,7 @@ import torch
 import samplers
 from samplers.base import GRIDS, CountingScore, time_grid
 from scorekit.scores import GaussianScore
-from scorekit.sde import EDMSDE, SubVPSDE, VESDE, VPSDE
+from scorekit.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 
 
 def _score(sde, d=3):

@@ -17,7 +17,7 @@ from _gauss import (
 import samplers
 from samplers.diffusers_adapter import _alpha_bar_table, make_scheduler
 from scorekit.scores import GaussianScore
-from scorekit.sde import EDMSDE, SubVPSDE, VESDE, VPSDE
+from scorekit.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 
 SDES = [VPSDE(), SubVPSDE(), VESDE(), EDMSDE()]
 IDS = ["vp", "subvp", "ve", "edm"]

@@ -14,7 +14,7 @@ training", Thm. 1); importance sampling keeps its expectation and removes the 1/
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

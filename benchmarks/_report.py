@@ -1,0 +1,46 @@
+"""Shared output of every benchmark: environment record, JSON, Markdown table, PNG path."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict[str, Any]:
+    """Device, versions and commit, recorded next to every number."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    return {"device": dev or platform.machine(), "torch": torch.__version__,
+            "python": platform.python_version(), "commit": commit or "unknown",
+            "threads": torch.get_num_threads()}
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write results/<name>.json and results/<name>.md; returns their paths."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    js.write_text(json.dumps(payload, indent=2))
+    md.write_text(markdown)
+    return js, md

@@ -1,0 +1,72 @@
+"""Datasets: `make_dataset(name, ...)` returns train/test tensors and what is known about them."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from scorekit.data.images import digits
+from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
+
+__all__ = ["Dataset", "make_dataset", "DATASETS", "gmm", "gmm_params", "moons", "swissroll",
+           "checkerboard", "digits"]
+
+DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": checkerboard,
+            "digits": digits}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and held-out test samples, (N, *sample_shape); kind is "points" or "image"."""
+
+    name: str
+    train: Tensor
+    test: Tensor
+    kind: str
+    sample_shape: tuple[int, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.sample_shape)
+
+    def exact_score(self, sde):
+        """The closed-form score of the data distribution under `sde` (mixtures only)."""
+        if self.name != "gmm":
+            raise ValueError(f"dataset {self.name!r} has no closed-form score")
+        from scorekit.scores import GMMScore
+
+        return GMMScore(*gmm_params(**self.params), sde)
+
+
+def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int = 0,
+                 **params: Any) -> Dataset:
+    """Build a dataset by name; synthetic ones draw n_train + n_test points with `seed`.
+
+    "digits" has 1797 images: `n_test` (at most 1797 // 4) are held out, the rest train
+    (`n_train` caps the training set).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}")
+    for key, val in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {val!r}")
+    fn = DATASETS[name]
+    valid = [p for p in inspect.signature(fn).parameters if p not in ("n", "generator", "dtype")]
+    for key in params:
+        if key not in valid:
+            raise ValueError(f"unknown parameter {key!r} for dataset {name!r}; valid: {valid}")
+    gen = torch.Generator().manual_seed(seed)
+    if name == "digits":
+        images = digits()
+        perm = torch.randperm(images.shape[0], generator=gen)
+        n_test = min(n_test, images.shape[0] // 4)
+        test, train = images[perm[:n_test]], images[perm[n_test:]][:n_train]
+        return Dataset(name, train, test, "image", tuple(images.shape[1:]), dict(params))
+    x = fn(n_train + n_test, generator=gen, **params)
+    return Dataset(name, x[:n_train], x[n_train:], "points", (2,), dict(params))

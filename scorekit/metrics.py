@@ -1,0 +1,93 @@
+"""Sample-quality metrics: sliced Wasserstein, Fréchet distance, MMD (all float64)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _flat(x: Tensor, name: str) -> Tensor:
+    if x.dim() < 2 or x.shape[0] < 2:
+        raise ValueError(f"{name} must have shape (N >= 2, *D), got {tuple(x.shape)}")
+    return x.detach().reshape(x.shape[0], -1).double().cpu()
+
+
+def _quantiles(x: Tensor, levels: Tensor) -> Tensor:
+    """Empirical quantile functions of the columns of x (N, P) at `levels` (L,): (L, P)."""
+    xs, _ = torch.sort(x, dim=0)
+    n = xs.shape[0]
+    pos = (levels * n - 0.5).clamp(0, n - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    frac = (pos - lo)[:, None]
+    return xs[lo] * (1 - frac) + xs[hi] * frac
+
+
+def sliced_wasserstein(a: Tensor, b: Tensor, n_proj: int = 256, p: int = 2,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """Sliced W_p between samples a: (N, *D) and b: (M, *D); directions uniform on the sphere
+    (a fixed seed unless `generator` is given, so the metric is deterministic). Scalar tensor."""
+    a, b = _flat(a, "a"), _flat(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a has {a.shape[1]} features per sample but b has {b.shape[1]}")
+    if n_proj < 1:
+        raise ValueError(f"n_proj must be >= 1, got {n_proj}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    dirs = torch.randn(a.shape[1], n_proj, generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    pa, pb = a @ dirs, b @ dirs
+    if a.shape[0] == b.shape[0]:
+        qa, qb = torch.sort(pa, 0)[0], torch.sort(pb, 0)[0]
+    else:
+        levels = (torch.arange(max(a.shape[0], b.shape[0]), dtype=torch.float64) + 0.5)
+        levels = levels / levels.shape[0]
+        qa, qb = _quantiles(pa, levels), _quantiles(pb, levels)
+    return (qa - qb).abs().pow(p).mean().pow(1.0 / p)
+
+
+def _sqrtm_psd(c: Tensor) -> Tensor:
+    lam, u = torch.linalg.eigh(0.5 * (c + c.T))
+    return (u * lam.clamp_min(0).sqrt()) @ u.T
+
+
+def gaussian_frechet(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
+    """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), via symmetric square roots."""
+    mu1, mu2, cov1, cov2 = (v.double() for v in (mu1, mu2, cov1, cov2))
+    r1 = _sqrtm_psd(cov1)
+    cross = _sqrtm_psd(r1 @ cov2 @ r1)
+    return float((mu1 - mu2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * cross.trace())
+
+
+def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to features (N, F) and (M, F) (FID's formula)."""
+    a, b = _flat(feats_a, "feats_a"), _flat(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dims differ: {a.shape[1]} vs {b.shape[1]}")
+    return gaussian_frechet(a.mean(0), torch.cov(a.T).reshape(a.shape[1], -1), b.mean(0),
+                            torch.cov(b.T).reshape(b.shape[1], -1))
+
+
+def mmd(a: Tensor, b: Tensor, bandwidth: float | None = None, chunk: int = 2048) -> float:
+    """Unbiased squared MMD with an RBF kernel; median-heuristic bandwidth when None."""
+    a, b = _flat(a, "a"), _flat(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a has {a.shape[1]} features per sample but b has {b.shape[1]}")
+    if bandwidth is None:
+        pool = torch.cat([a[:1000], b[:1000]])
+        d = torch.cdist(pool, pool)
+        bandwidth = float(d[d > 0].median())
+    if bandwidth <= 0:
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+
+    def ksum(x: Tensor, y: Tensor, same: bool) -> float:
+        total = 0.0
+        for i in range(0, x.shape[0], chunk):
+            k = torch.exp(-torch.cdist(x[i:i + chunk], y).pow(2) / (2 * bandwidth**2))
+            total += float(k.sum())
+        if same:
+            total -= x.shape[0]  # drop the diagonal k(x_i, x_i) = 1
+        return total
+
+    n, m = a.shape[0], b.shape[0]
+    return (ksum(a, a, True) / (n * (n - 1)) + ksum(b, b, True) / (m * (m - 1))
+            - 2 * ksum(a, b, False) / (n * m))
