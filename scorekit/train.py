@@ -24,7 +24,7 @@ from scorekit import checkpoint as ckpt
 from scorekit.config import ConfigError, split_named, validate
 from scorekit.data import make_dataset
 from scorekit.loggers import WandbLogger
-from scorekit.metrics import frechet_distance, mmd, sliced_wasserstein
+from scorekit.metrics import frechet_distance, mmd, mode_metrics, sliced_wasserstein
 from scorekit.nets import make_model
 from scorekit.objectives import make_objective
 from scorekit.sde import make_sde
@@ -257,6 +257,8 @@ class Trainer:
             "final_loss": self.loss_history[-1] if self.loss_history else None,
             "nonfinite_samples": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
         }
+        if self.data.has_exact_score:  # mode weights / widths against the known mixture
+            metrics.update(mode_metrics(x.flatten(1), self.data.exact_score(self.sde)))
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if e.plot:
             from scorekit.plotting import save_samples_plot

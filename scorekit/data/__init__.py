@@ -35,9 +35,13 @@ class Dataset:
     def dim(self) -> int:
         return math.prod(self.sample_shape)
 
+    @property
+    def has_exact_score(self) -> bool:
+        return self.name == "gmm"
+
     def exact_score(self, sde):
         """The closed-form score of the data distribution under `sde` (mixtures only)."""
-        if self.name != "gmm":
+        if not self.has_exact_score:
             raise ValueError(f"dataset {self.name!r} has no closed-form score")
         from scorekit.scores import GMMScore
 

@@ -1,0 +1,15 @@
+"""The README's Python sampling tour runs as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_sampling_tour_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    tour = next(b for b in blocks if "samplers.sample(" in b)
+    ns: dict = {}
+    exec(compile(tour, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+    assert ns["res"].x.shape == (2000, 2)
+    assert ns["nll"].shape == (2000,) and ns["nll"].isfinite().all()
