@@ -32,6 +32,8 @@ def sliced_wasserstein(a: Tensor, b: Tensor, n_proj: int = 256, p: int = 2,
         raise ValueError(f"a has {a.shape[1]} features per sample but b has {b.shape[1]}")
     if n_proj < 1:
         raise ValueError(f"n_proj must be >= 1, got {n_proj}")
+    if not p >= 1:
+        raise ValueError(f"p must be >= 1, got {p}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     dirs = torch.randn(a.shape[1], n_proj, generator=gen, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)

@@ -5,16 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# Figures are built with `Figure` rather than pyplot so that saving a plot neither needs nor
+# switches the user's matplotlib backend (e.g. a notebook's inline one).
 
 
 def _loss_panel(ax, loss_history: list[float]) -> None:
@@ -33,13 +28,14 @@ def _loss_panel(ax, loss_history: list[float]) -> None:
 def scatter_vs_data(samples: Tensor, data: Tensor, path: str | Path, title: str | None = None,
                     loss_history: list[float] | None = None) -> Path:
     """Side-by-side scatter of held-out data and samples (first two coordinates) -> PNG."""
-    plt = _plt()
     s, d = samples.detach().cpu().double().flatten(1), data.detach().cpu().double().flatten(1)
     s = s[torch.isfinite(s).all(1)]
     ncol = 3 if loss_history else 2
-    fig, axes = plt.subplots(1, ncol, figsize=(4.2 * ncol, 4.2))
+    fig = Figure(figsize=(4.2 * ncol, 4.2))
+    axes = fig.subplots(1, ncol)
     lo = torch.quantile(d[:, :2], 0.001, dim=0) - 0.5
     hi = torch.quantile(d[:, :2], 0.999, dim=0) + 0.5
+    lo, hi = lo.tolist(), hi.tolist()  # tensors as axis limits warn under NumPy 2
     for ax, pts, name in ((axes[0], d, "data (held-out)"), (axes[1], s, "samples")):
         ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.35, lw=0)
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), title=f"{name}, n={len(pts)}")
@@ -51,14 +47,11 @@ def scatter_vs_data(samples: Tensor, data: Tensor, path: str | Path, title: str 
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
-def image_grid(images: Tensor, path: str | Path, nrow: int | None = None,
-               title: str | None = None) -> Path:
-    """Tile up to 64 images (N, C, H, W) in [-1, 1] into one PNG."""
-    plt = _plt()
+def _tile(images: Tensor, nrow: int | None = None) -> Tensor:
+    """Up to 64 images (N, C, H, W) in [-1, 1] -> canvas (C, rows*(H+1)+1, nrow*(W+1)+1)."""
     x = images[:64].detach().cpu().float().clamp(-1, 1)
     n, c, h, w = x.shape
     nrow = nrow or int(n**0.5 + 0.999)
@@ -67,25 +60,49 @@ def image_grid(images: Tensor, path: str | Path, nrow: int | None = None,
     for i in range(n):
         r, q = divmod(i, nrow)
         canvas[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
+    return canvas
+
+
+def _grid_panel(ax, canvas: Tensor, title: str | None) -> None:
     img = ((canvas + 1) / 2).permute(1, 2, 0).numpy()
-    fig, ax = plt.subplots(figsize=(4, 4 * ncol / nrow))
-    ax.imshow(img[..., 0] if c == 1 else img, cmap="gray" if c == 1 else None,
+    gray = canvas.shape[0] == 1
+    ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None,
               interpolation="nearest", vmin=0, vmax=1)
     ax.axis("off")
     if title:
         ax.set_title(title)
+
+
+def image_grid(images: Tensor, path: str | Path, nrow: int | None = None,
+               title: str | None = None) -> Path:
+    """Tile up to 64 images (N, C, H, W) in [-1, 1] into one PNG."""
+    canvas = _tile(images, nrow)
+    h, w = images.shape[-2:]
+    rows, cols = (canvas.shape[1] - 1) // (h + 1), (canvas.shape[2] - 1) // (w + 1)
+    fig = Figure(figsize=(4, 4 * rows / cols))
+    _grid_panel(fig.subplots(), canvas, title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def save_samples_plot(samples: Tensor, data: Tensor, path: str | Path, kind: str,
                       loss_history: list[float] | None = None) -> Path:
-    """samples.png: a scatter against data for points, a grid of samples next to data for images."""
-    if kind == "image":
-        path = Path(path)
-        image_grid(data, path.with_name(path.stem + "_data.png"), title="data (held-out)")
-        return image_grid(samples, path, title="samples")
-    return scatter_vs_data(samples, data, path, loss_history=loss_history)
+    """samples.png: a scatter against data for points, a grid of samples next to data for images;
+    with `loss_history`, a training-loss panel on the right."""
+    if kind not in ("points", "image"):
+        raise ValueError(f"kind must be 'points' or 'image', got {kind!r}")
+    if kind == "points":
+        return scatter_vs_data(samples, data, path, loss_history=loss_history)
+    ncol = 3 if loss_history else 2
+    fig = Figure(figsize=(4.2 * ncol, 4.2))
+    axes = fig.subplots(1, ncol)
+    _grid_panel(axes[0], _tile(data), "data (held-out)")
+    _grid_panel(axes[1], _tile(samples), "samples")
+    if loss_history:
+        _loss_panel(axes[2], loss_history)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
