@@ -22,8 +22,9 @@ def main(cfg: DictConfig) -> None:
     metrics = trainer.evaluate(sampler=sampler, out_dir=out_dir)
     print(f"sampler: {OmegaConf.to_container(sampler)}")
     print(f"NFE per sample: {metrics['nfe']:.1f}")
-    print(json.dumps({k: metrics[k] for k in ("sliced_wasserstein", "sliced_wasserstein_floor",
-                                              "sample_time_s")}, indent=2))
+    keys = ("sliced_wasserstein", "sliced_wasserstein_floor", "mode_weight_tv",
+            "mode_std_ratio_mean", "off_mode_fraction", "sample_time_s")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     print(f"wrote {out_dir}/metrics.json and samples.png")
 
 
