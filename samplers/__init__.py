@@ -14,6 +14,7 @@ import torch
 
 from samplers.base import CountingScore, SampleResult, Score, time_grid, tweedie
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
+from samplers.ggf import gotta_go_fast
 from samplers.likelihood import bits_per_dim, log_likelihood
 from samplers.ode import heun, probability_flow
 from samplers.sde_solvers import euler_maruyama, predictor_corrector
@@ -28,6 +29,7 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "pc": predictor_corrector,
     "ode": probability_flow,
     "heun": heun,
+    "ggf": gotta_go_fast,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 
