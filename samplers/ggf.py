@@ -1,4 +1,4 @@
-"""Adaptive reverse-SDE solver "Gotta Go Fast" (Jolicoeur-Martineau et al. 2021, Alg. 1).
+"""Adaptive reverse-SDE solver "Gotta Go Fast" (Jolicoeur-Martineau et al. 2021).
 
 Each attempted step of length h builds an Euler–Maruyama proposal x' and a stochastic
 improved-Euler (Heun) proposal x'' from the same Brownian increment. Their difference, divided

@@ -205,7 +205,8 @@ def test_nfe_counted_per_sample():
 @pytest.mark.parametrize("brownian", ["fresh", "bridge"])
 def test_sample_independent_of_batch(brownian):
     """A sample's trajectory depends only on its own start and noise: changing the other rows
-    (which then take other step sizes and finish at other times) leaves it bit-identical."""
+    (which then take other step sizes and finish at other times) leaves it unchanged (up to
+    round-off: BLAS may sum a row differently in a batch of another size)."""
     sde, d, n = VPSDE(), 4, 32
     gs = _gauss(sde, d)
     x0 = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -213,7 +214,7 @@ def test_sample_independent_of_batch(brownian):
     x1[4:] = 3 * x1[4:].flip(0)
     a, b = (_ggf(gs, sde, n, d, x_init=x, rel_tol=0.05, brownian=brownian) for x in (x0, x1))
     assert not torch.equal(a.nfe_per_sample[4:], b.nfe_per_sample[4:])
-    assert torch.equal(a.x[:4], b.x[:4])
+    assert torch.allclose(a.x[:4], b.x[:4], rtol=0, atol=1e-9)
     assert torch.equal(a.nfe_per_sample[:4], b.nfe_per_sample[:4])
 
 
