@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
@@ -44,3 +45,18 @@ def write(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path
     js.write_text(json.dumps(payload, indent=2))
     md.write_text(markdown)
     return js, md
+
+
+def nfe_at(base: list[dict[str, Any]], target: float, key: str) -> float | None:
+    """NFE at which a baseline's |row[key]| first falls to `target`, log-log interpolated along
+    its NFE grid (rows with "nfe" and `key`); None when no tested setting gets there."""
+    pts = sorted((r["nfe"], abs(r[key])) for r in base)
+    if pts[0][1] <= target:
+        return pts[0][0]
+    for (n0, e0), (n1, e1) in zip(pts, pts[1:], strict=False):
+        if e1 <= target:
+            if e1 <= 0 or e0 <= e1:
+                return n1
+            frac = math.log(e0 / target) / math.log(e0 / e1)
+            return math.exp(math.log(n0) + frac * math.log(n1 / n0))
+    return None

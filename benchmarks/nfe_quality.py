@@ -5,9 +5,13 @@ known data distribution, so no learned model blurs the comparison.
 
 Data: an 8-mode ring in 2-D and 4-mode anisotropic mixtures in 64-D / 256-D (closed-form GMM
 scores). Error: sliced W2 (256 projections) to exact data draws, relative covariance error,
-mean error and the total-variation error of the mode masses (nearest component, same rule for
-both sets); the noise floor (the same metrics between two exact sample sets of equal size) is
-printed with every table. Fixed-step samplers run on an NFE grid; the adaptive GGF runs on a
+mean error, the total-variation error of the mode masses (nearest component, same rule for
+both sets) and the cross-entropy gap `nll_gap` = (E_samples[-log p_data] - H(p_data)) / d in
+nats per dimension (H from 200k exact draws; +: samples too wide, -: too narrow). nll_gap's
+sampling noise is ~1/sqrt(2 d n) (Gaussian case), far below sliced W2's, so it resolves
+discretisation bias that the other metrics bury in noise; its standard error is reported. The
+noise floor (the same metrics between two exact sample sets of equal size) is printed with
+every table. Fixed-step samplers run on an NFE grid; the adaptive GGF runs on a
 tolerance grid and is reported at its counted mean NFE per sample (min-max in the table).
 Writes results/nfe_quality_<sde>[_quick].{json,md,png}.
 """
@@ -15,6 +19,8 @@ Writes results/nfe_quality_<sde>[_quick].{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import samplers  # noqa: E402
-from benchmarks._report import environment, markdown_table, write  # noqa: E402
+from benchmarks._report import environment, markdown_table, nfe_at, write  # noqa: E402
 from scorekit.data.synthetic import gmm_params  # noqa: E402
 from scorekit.metrics import sliced_wasserstein  # noqa: E402
 from scorekit.scores import GMMScore  # noqa: E402
@@ -37,8 +43,14 @@ GGF_RTOLS = [0.1, 0.05, 0.02, 0.01]  # samplers.md §9; abs_tol fixed at 2/256
 QUICK_RTOLS = [0.1, 0.05, 0.02]
 # Table label -> (samplers method, fixed options).
 METHODS = {"em": ("em", {}), "ggf": ("ggf", {}), "ggf_bridge": ("ggf", {"brownian": "bridge"}),
-           "pc": ("pc", {}), "heun": ("heun", {}), "dpm_solver": ("dpm_solver", {}),
-           "unipc": ("unipc", {}), "ode": ("ode", {})}
+           "pc": ("pc", {}), "heun": ("heun", {}), "heun_edm": ("heun", {"grid": "edm"}),
+           "dpm_solver": ("dpm_solver", {}), "unipc": ("unipc", {}), "ode": ("ode", {})}
+# "<label>+tp": the same sampler started at t* by Gaussian teleportation (samplers.md §4), with
+# t* = GaussianTeleport.suggest_t_start(score, data, thresh=TP_THRESH) on exact data draws and
+# the Gaussian of the mixture's exact mean and covariance.
+for _label in ("em", "heun", "heun_edm", "dpm_solver", "unipc"):
+    METHODS[f"{_label}+tp"] = (METHODS[_label][0], {**METHODS[_label][1], "teleport": True})
+TP_THRESH = 0.99
 
 
 def gmm64_params(d: int = 64, k: int = 4, seed: int = 0):
@@ -88,10 +100,22 @@ def mode_masses(score: GMMScore, x: torch.Tensor) -> torch.Tensor:
     return torch.bincount(lab, minlength=score.means.shape[0]).double() / x.shape[0]
 
 
+def data_nll(score: GMMScore, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """-log p_data(x) / d per sample, in chunks (the per-component terms are (chunk, K, d))."""
+    out = []
+    for xb in x.double().split(chunk):
+        t0 = torch.zeros(xb.shape[0], dtype=torch.float64)
+        out.append(-score.marginal_logp(xb, t0) / score.dim)
+    return torch.cat(out)
+
+
 def errors(x: torch.Tensor, ref: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
-           score: GMMScore) -> dict:
+           score: GMMScore, entropy: float) -> dict:
     x = x.double()
+    nll = data_nll(score, x)
     return {
+        "nll_gap": float(nll.mean()) - entropy,
+        "nll_gap_se": float(nll.std() / len(nll) ** 0.5),
         "sw2": float(sliced_wasserstein(x, ref, n_proj=256)),
         "cov_err": float(torch.linalg.matrix_norm(torch.cov(x.T) - cov)
                          / torch.linalg.matrix_norm(cov)),
@@ -107,7 +131,8 @@ def mixture_moments(w, mu, covs):
     return mean, cov
 
 
-def run(quick: bool, sde_name: str, seeds: int, n: int, dims: list[int]) -> dict:
+def run(quick: bool, sde_name: str, seeds: int, n: int, dims: list[int],
+        methods: list[str]) -> dict:
     sde = VPSDE() if sde_name == "vp" else VESDE()
     pc_snr = 0.01 if sde_name == "vp" else 0.16
     rows = []
@@ -115,32 +140,42 @@ def run(quick: bool, sde_name: str, seeds: int, n: int, dims: list[int]) -> dict
         score = GMMScore(*params, sde)
         mean, cov = mixture_moments(*params)
         d = score.dim
+        big = score.sample_data(200_000, generator=torch.Generator().manual_seed(999))
+        entropy = float(data_nll(score, big).mean())
+        tp = samplers.GaussianTeleport(mean, cov, sde)
+        t_star, _ = tp.suggest_t_start(score, data=big, thresh=TP_THRESH,
+                                       generator=torch.Generator().manual_seed(0))
+        print(f"{name}: teleport t* = {t_star:.4f} (EV >= {TP_THRESH})", flush=True)
         for seed in range(seeds):
             g = torch.Generator().manual_seed(1000 + seed)
             ref = score.sample_data(n, generator=g)
-            floor = errors(score.sample_data(n, generator=g), ref, mean, cov, score)
+            floor = errors(score.sample_data(n, generator=g), ref, mean, cov, score, entropy)
             rows.append({"data": name, "method": "noise floor", "seed": seed, "nfe": 0.0,
                          "nfe_min": 0, "nfe_max": 0, **floor, "time_s": 0.0})
-            for label, (method, fixed) in METHODS.items():
+            for label in methods:
+                method, fixed = METHODS[label]
                 for opts in configs(method, quick):
                     if method == "pc":
                         opts = {**opts, "snr": pc_snr}
+                    extra = {"teleport": tp, "t_start": t_star} if fixed.get("teleport") else {}
                     t0 = time.perf_counter()
                     res = samplers.sample(score, sde, (n, d), method=method, dtype=torch.float64,
                                           generator=torch.Generator().manual_seed(seed),
-                                          **fixed, **opts)
+                                          **{**fixed, **extra}, **opts)
                     rows.append({"data": name, "method": label, "seed": seed, "nfe": res.nfe,
                                  "nfe_min": int(res.nfe_per_sample.min()),
                                  "nfe_max": int(res.nfe_per_sample.max()),
-                                 **errors(res.x, ref, mean, cov, score),
+                                 **errors(res.x, ref, mean, cov, score, entropy),
                                  "time_s": time.perf_counter() - t0,
+                                 "t_start": extra.get("t_start", float(sde.T)),
                                  "setting": ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
                                                       else f"{k}={v}" for k, v in opts.items())})
                     r = rows[-1]
-                    print(f"{name:8s} {label:11s} nfe={res.nfe:7.1f} sw2={r['sw2']:.4f} "
-                          f"cov_err={r['cov_err']:.4f} mode_tv={r['mode_tv']:.4f}", flush=True)
+                    print(f"{name:8s} {label:13s} nfe={res.nfe:7.1f} sw2={r['sw2']:.4f} "
+                          f"cov_err={r['cov_err']:.4f} mode_tv={r['mode_tv']:.4f} "
+                          f"nll_gap={r['nll_gap']:+.4f}", flush=True)
     return {"sde": sde_name, "n_samples": n, "seeds": seeds, "quick": quick, "dims": dims,
-            "rows": rows, "env": environment()}
+            "methods": methods, "rows": rows, "env": environment()}
 
 
 def summarise(payload: dict) -> list[dict]:
@@ -151,10 +186,45 @@ def summarise(payload: dict) -> list[dict]:
     out = []
     for (data, method, setting), rs in groups.items():
         avg = {k: sum(r[k] for r in rs) / len(rs)
-               for k in ("nfe", "sw2", "cov_err", "mean_err", "mode_tv")}
+               for k in ("nfe", "sw2", "cov_err", "mean_err", "mode_tv", "nll_gap")}
+        # Standard error of the seed mean (each seed's own SE, combined).
+        avg["nll_gap_se"] = sum(r["nll_gap_se"] ** 2 for r in rs) ** 0.5 / len(rs)
         lo, hi = min(r["nfe_min"] for r in rs), max(r["nfe_max"] for r in rs)
         out.append({"data": data, "method": method, "setting": setting, **avg,
                     "nfe_range": f"{lo}-{hi}", "nfe_lo": lo, "nfe_hi": hi})
+    return out
+
+
+# (candidate, baseline) pairs compared at equal error.
+PAIRS = [("ggf", "em"), ("ggf_bridge", "em"), ("em+tp", "em"), ("heun_edm+tp", "heun_edm"),
+         ("dpm_solver+tp", "dpm_solver"), ("unipc+tp", "unipc")]
+
+
+def versus(summary: list[dict], pairs: list[tuple[str, str]] = PAIRS) -> list[dict]:
+    """Per candidate setting: its |nll_gap| (resolution: 2 SE), the NFE its baseline needs for
+    the same error, their ratio, and whether it matches the baseline's best tested setting
+    (|gap| within 2 combined SE of the baseline's at its largest NFE)."""
+    out = []
+    for data in sorted({r["data"] for r in summary}):
+        for cand, ref in pairs:
+            base = [r for r in summary if r["data"] == data and r["method"] == ref]
+            rows = sorted((r for r in summary if r["data"] == data and r["method"] == cand),
+                          key=lambda r: r["nfe"])
+            if not base or not rows:
+                continue
+            best = max(base, key=lambda r: r["nfe"])
+            for r in rows:
+                err = abs(r["nll_gap"])
+                n_base = nfe_at(base, max(err, 2 * r["nll_gap_se"]), "nll_gap")
+                slack = 2 * math.hypot(r["nll_gap_se"], best["nll_gap_se"])
+                out.append({
+                    "data": data, "method": cand, "baseline": ref, "setting": r["setting"],
+                    "nfe": r["nfe"], "nll_gap": r["nll_gap"], "nll_gap_se": r["nll_gap_se"],
+                    "baseline_nfe_same_error": n_base if n_base is not None else float("nan"),
+                    "nfe_ratio": n_base / r["nfe"] if n_base is not None else float("nan"),
+                    "baseline_best_nfe": best["nfe"], "baseline_best_gap": best["nll_gap"],
+                    "matches_baseline_best": err <= abs(best["nll_gap"]) + slack,
+                    "ratio_vs_baseline_best": best["nfe"] / r["nfe"]})
     return out
 
 
@@ -165,19 +235,24 @@ def plot(summary: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = sorted({r["data"] for r in summary})
-    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
+    metrics = ("sw2", "cov_err", "nll_gap")
+    fig, axes = plt.subplots(len(metrics), len(names), figsize=(6 * len(names), 4 * len(metrics)),
+                             squeeze=False)
     for j, data in enumerate(names):
-        for i, metric in enumerate(("sw2", "cov_err")):
+        for i, metric in enumerate(metrics):
             ax = axes[i][j]
             rows = [r for r in summary if r["data"] == data]
             for method in sorted({r["method"] for r in rows} - {"noise floor"}):
-                pts = sorted((r["nfe"], r[metric], r["nfe"] - r["nfe_lo"], r["nfe_hi"] - r["nfe"])
-                             for r in rows if r["method"] == method)
+                pts = sorted((r["nfe"], abs(r[metric]), r["nfe"] - r["nfe_lo"],
+                              r["nfe_hi"] - r["nfe"]) for r in rows if r["method"] == method)
                 nfe, err, lo, hi = zip(*pts, strict=True)
                 # Adaptive methods: horizontal bars span the per-sample NFE (min-max).
                 ax.errorbar(nfe, err, xerr=[lo, hi], marker="o", capsize=2, label=method)
-            floor = [r[metric] for r in rows if r["method"] == "noise floor"][0]
+            fl = [r for r in rows if r["method"] == "noise floor"][0]
+            # |nll_gap| is compared with 0, so its floor is its resolution (2 SE).
+            floor = 2 * fl["nll_gap_se"] if metric == "nll_gap" else fl[metric]
             ax.axhline(floor, color="k", ls="--", lw=1, label="noise floor")
+            metric = "|nll_gap| (nats/dim)" if metric == "nll_gap" else metric
             ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=metric,
                    title=f"{data}: {metric} vs NFE")
             ax.grid(True, which="both", alpha=0.3)
@@ -185,6 +260,43 @@ def plot(summary: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def report(payload: dict, name: str) -> None:
+    """Summarise raw rows, compare at equal error, write results/<name>.{json,md,png}."""
+    summary = summarise(payload)
+    payload["summary"] = summary
+    payload["versus"] = table = versus(summary)
+    payload.pop("adaptive_vs_em", None)  # superseded by "versus"
+    t_star = {r["data"]: r["t_start"] for r in payload["rows"]
+              if "t_start" in r and "+tp" in r["method"]}
+    md = (f"# Quality vs counted NFE, exact GMM scores ({payload['sde'].upper()}, "
+          f"n={payload['n_samples']}, seeds={payload['seeds']})\n\nenv: {payload['env']}\n\n"
+          + (f"Teleport start t* per data set (EV >= {TP_THRESH}): "
+             + ", ".join(f"{k} {v:.4f}" for k, v in sorted(t_star.items())) + "\n\n"
+             if t_star else "")
+          + markdown_table(sorted(summary, key=lambda r: (r["data"], r["method"], r["nfe"])),
+                           ["data", "method", "setting", "nfe", "nfe_range", "sw2", "cov_err",
+                            "mean_err", "mode_tv", "nll_gap", "nll_gap_se"])
+          + "\n")
+    if table:
+        md += ("\n## At equal error: candidate vs baseline\n\n"
+               "Error = |nll_gap| (resolution 2 SE). `baseline_nfe_same_error`: the NFE the "
+               "baseline needs for the same error, log-log interpolated on its grid (nan: no "
+               "tested baseline setting gets there). `nfe_ratio` = that / the candidate's mean "
+               "NFE; read it where the candidate's error is well above its resolution (near the "
+               "noise, which setting gets there first is chance). `matches_baseline_best`: |gap| "
+               "within 2 combined SE of the baseline's at its largest tested NFE; "
+               "`ratio_vs_baseline_best` = that NFE / the candidate's.\n\n"
+               + markdown_table(table, ["data", "method", "baseline", "setting", "nfe",
+                                        "nll_gap", "nll_gap_se", "baseline_nfe_same_error",
+                                        "nfe_ratio", "baseline_best_nfe", "baseline_best_gap",
+                                        "matches_baseline_best", "ratio_vs_baseline_best"])
+               + "\n")
+    js, mdp = write(name, payload, md)
+    png = js.with_suffix(".png")
+    plot(summary, png)
+    print(f"wrote {js}, {mdp}, {png}")
 
 
 def main() -> None:
@@ -195,27 +307,28 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="samples per run")
     ap.add_argument("--dims", default="2,64",
                     help="comma-separated data dimensions: 2 (ring) and/or any d > 2 (mixture)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated subset of {', '.join(METHODS)}")
+    ap.add_argument("--name", default=None, help="output name (default from --sde/--dims)")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="re-write the tables and plot of a saved results JSON; runs nothing")
     args = ap.parse_args()
+    if args.render:
+        path = Path(args.render)
+        report(json.loads(path.read_text()), args.name or path.stem)
+        return
+    methods = args.methods.split(",")
+    if unknown := sorted(set(methods) - set(METHODS)):
+        ap.error(f"--methods: unknown {unknown}; valid: {', '.join(METHODS)}")
     n = args.n or (2000 if args.quick else 10000)
     dims = [int(v) for v in args.dims.split(",")]
     if any(d < 2 for d in dims):
         ap.error(f"--dims must be integers >= 2, got {args.dims!r}")
-    payload = run(args.quick, args.sde, args.seeds, n, dims)
-    summary = summarise(payload)
-    payload["summary"] = summary
-    name = f"nfe_quality_{args.sde}" + ("_quick" if args.quick else "")
-    if dims != [2, 64]:
+    payload = run(args.quick, args.sde, args.seeds, n, dims, methods)
+    name = args.name or f"nfe_quality_{args.sde}" + ("_quick" if args.quick else "")
+    if args.name is None and dims != [2, 64]:
         name += "_d" + "-".join(map(str, dims))
-    md = (f"# Quality vs counted NFE, exact GMM scores ({args.sde.upper()}, n={n}, "
-          f"seeds={args.seeds})\n\nenv: {payload['env']}\n\n"
-          + markdown_table(sorted(summary, key=lambda r: (r["data"], r["method"], r["nfe"])),
-                           ["data", "method", "setting", "nfe", "nfe_range", "sw2", "cov_err",
-                            "mean_err", "mode_tv"])
-          + "\n")
-    js, mdp = write(name, payload, md)
-    png = js.with_suffix(".png")
-    plot(summary, png)
-    print(f"wrote {js}, {mdp}, {png}")
+    report(payload, name)
 
 
 if __name__ == "__main__":

@@ -29,26 +29,29 @@ SCHEDULERS = {
     "euler_diffusers": ("EulerDiscreteScheduler", {"final_sigmas_type": "zero"}),
 }
 N_TRAIN = 1000
+SIGMA_STATE = {"euler_diffusers"}  # schedulers whose sample is x0 + s eps (not VP form)
 
 
 # diffusers keeps alphas_cumprod in float32, where 1 / (1 + s^2) rounds to 1 for s < ~3e-4.
 MIN_LEVEL = 1e-3
 
 
-def _alpha_bar_table(sde: SDE, n_train: int, table: str | None = None) -> tuple[Tensor, Tensor]:
+def _alpha_bar_table(sde: SDE, n_train: int, table: str | None = None,
+                     t_max: float | None = None) -> tuple[Tensor, Tensor]:
     """(t_n, alpha_bar_n), float64, n = 0..n_train-1, increasing in t.
 
-    "uniform" spaces t_n uniformly on [eps, T]; "logsnr" spaces the noise level geometrically
-    (the default for EDM, whose t is sigma itself). Levels below MIN_LEVEL are floored and their
-    t moved to match, so the table stays exact where the scheduler reads it.
+    "uniform" spaces t_n uniformly on [eps, t_max] (t_max defaults to T); "logsnr" spaces the noise
+    level geometrically (the default for EDM, whose t is sigma itself). Levels below MIN_LEVEL are
+    floored and their t moved to match, so the table stays exact where the scheduler reads it.
     """
     table = table or ("logsnr" if isinstance(sde, EDMSDE) else "uniform")
     if table not in ("uniform", "logsnr"):
         raise ValueError(f"table must be 'uniform' or 'logsnr', got {table!r}")
+    t_max = float(sde.T if t_max is None else t_max)
     if table == "uniform":
-        t = torch.linspace(sde.eps, sde.T, n_train, dtype=torch.float64)
+        t = torch.linspace(sde.eps, t_max, n_train, dtype=torch.float64)
     else:
-        ends = sde.noise_level(torch.tensor([sde.eps, sde.T], dtype=torch.float64)).log()
+        ends = sde.noise_level(torch.tensor([sde.eps, t_max], dtype=torch.float64)).log()
         t = sde.t_of_noise_level(torch.exp(torch.linspace(float(ends[0]), float(ends[1]),
                                                           n_train, dtype=torch.float64)))
     level = sde.noise_level(t)
@@ -61,8 +64,9 @@ def _alpha_bar_table(sde: SDE, n_train: int, table: str | None = None) -> tuple[
 
 
 def make_scheduler(kind: str, sde: SDE, n_train: int = N_TRAIN, table: str | None = None,
-                   **overrides: Any):
-    """A diffusers scheduler whose alphas_cumprod are the process's alpha_bar(t_n) exactly."""
+                   t_max: float | None = None, **overrides: Any):
+    """A diffusers scheduler whose alphas_cumprod are the process's alpha_bar(t_n) exactly,
+    with its training range [eps, t_max] (t_max < T: a teleported start)."""
     import diffusers
 
     if kind not in SCHEDULERS:
@@ -75,7 +79,7 @@ def make_scheduler(kind: str, sde: SDE, n_train: int = N_TRAIN, table: str | Non
         if key not in valid:
             raise ValueError(f"{cls_name} (diffusers {diffusers.__version__}) has no option "
                              f"{key!r}")
-    _, abar = _alpha_bar_table(sde, n_train, table)
+    _, abar = _alpha_bar_table(sde, n_train, table, t_max)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     betas = (1 - abar / prev).clamp(0.0, 0.999999)
     return cls(num_train_timesteps=n_train, trained_betas=betas.tolist(),
@@ -87,18 +91,21 @@ def diffusers_sampler(kind: str):
 
     def run(score: Score, sde: SDE, x: Tensor, *, steps: int = 20,
             table: str | None = None, scheduler_kwargs: dict | None = None,
-            generator: torch.Generator | None = None
+            t_start: float | None = None, generator: torch.Generator | None = None
             ) -> tuple[Tensor, dict]:
-        sched = make_scheduler(kind, sde, table=table, **(scheduler_kwargs or {}))
+        # A later start (teleport) rebuilds the table on [eps, t_start], so the scheduler's
+        # first timestep is t_start and its steps cover only the remaining range.
+        sched = make_scheduler(kind, sde, table=table, t_max=t_start, **(scheduler_kwargs or {}))
         sched.set_timesteps(steps)  # resets multistep history: a fresh solve every call
-        t_table, _ = _alpha_bar_table(sde, sched.config.num_train_timesteps, table)
+        t_table, _ = _alpha_bar_table(sde, sched.config.num_train_timesteps, table, t_start)
         alpha, sigma = sde._marginal(t_table)
         norm = torch.sqrt(alpha**2 + sigma**2)  # x = norm * x_vp
         b = x.shape[0]
-        # Scheduler state: VP form for DPM/UniPC, x / alpha (= x_vp sqrt(1 + s^2)) for Euler.
+        # Scheduler state: VP form for DPM/UniPC, x / alpha (= x_vp sqrt(1 + s^2)) for the
+        # sigma-parametrised Euler. Not x_vp * init_noise_sigma: with "linspace" spacing diffusers
+        # sets that to s_max, not sqrt(1 + s_max^2) (equal only while s_max >> 1, i.e. from T).
         first = int(sched.timesteps[0])
-        x_vp = x / float(norm[first])
-        state = x_vp * sched.init_noise_sigma
+        state = x / float(alpha[first]) if kind in SIGMA_STATE else x / float(norm[first])
         for n in sched.timesteps:
             i = int(round(float(n)))
             inp = sched.scale_model_input(state, n)  # x_vp at timestep n

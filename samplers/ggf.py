@@ -127,9 +127,10 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
                   norm: str = "rms", use_prev: bool = True, extrapolation: bool = True,
                   stochastic_heun: bool = True, ode: bool = False, brownian: str = "fresh",
                   bridge_depth: int = 8, max_iters: int = 10_000, denoise: str = "tweedie",
-                  steps: int | None = None,
+                  steps: int | None = None, t_start: float | None = None,
                   generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-    """Adaptive reverse-SDE sampling from x at T to eps with per-sample step sizes; x: (B, *D).
+    """Adaptive reverse-SDE sampling from x at t_start (default T) to eps with per-sample step
+    sizes; x: (B, *D).
 
     abs_tol / h_init default to the official values for the process (`default_tolerances`;
     set abs_tol to data range / 256 for other data). ode=True applies the same embedded
@@ -145,8 +146,9 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
     b, dev = x.shape[0], x.device
     x = x.clone()
     x_prev = x.clone()
-    t = torch.full((b,), float(sde.T), dtype=torch.float64, device=dev)
-    h = torch.full((b,), min(h_init, sde.T - sde.eps), dtype=torch.float64, device=dev)
+    t0 = float(sde.T if t_start is None else t_start)
+    t = torch.full((b,), t0, dtype=torch.float64, device=dev)
+    h = torch.full((b,), min(h_init, t0 - sde.eps), dtype=torch.float64, device=dev)
     t_done = sde.eps + 1e-6 * sde.T
     accepted = torch.zeros(b, dtype=torch.int64, device=dev)
     rejected = torch.zeros_like(accepted)

@@ -73,8 +73,9 @@ def _per_sample_rms_norm(shape: tuple[int, ...]):
 def probability_flow(score: Score, sde: SDE, x: Tensor, *, solver: str = "dopri5",
                      rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                      per_sample_norm: bool = False, denoise: str = "none",
+                     t_start: float | None = None,
                      generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-    """Integrate the PF-ODE from T to eps with torchdiffeq; x: (B, *D).
+    """Integrate the PF-ODE from t_start (default T) to eps with torchdiffeq; x: (B, *D).
 
     Adaptive solvers (dopri5, ...) use rtol/atol (default 1e-5 as score_sde, not torchdiffeq's
     1e-7/1e-9 that a float32 network cannot meet); fixed-step ones (euler, rk4, ...) take
@@ -96,9 +97,9 @@ def probability_flow(score: Score, sde: SDE, x: Tensor, *, solver: str = "dopri5
                          f"adaptive (set rtol/atol instead)")
     if fixed:
         # Fixed-step solvers step between the output times, so the grid is the step grid.
-        ts = time_grid(sde, steps if steps is not None else 100, "uniform")
+        ts = time_grid(sde, steps if steps is not None else 100, "uniform", t_start=t_start)
     else:
-        ts = torch.tensor([sde.T, sde.eps], dtype=torch.float64)
+        ts = torch.tensor([sde.T if t_start is None else t_start, sde.eps], dtype=torch.float64)
     ts = ts.to(device=x.device, dtype=x.dtype)
     out = odeint(func, x, ts, method=solver, rtol=rtol, atol=atol, options=options)[-1]
     info = {"solver": solver, "rtol": rtol, "atol": atol, "accepted_steps": func.accepted,
@@ -107,20 +108,20 @@ def probability_flow(score: Score, sde: SDE, x: Tensor, *, solver: str = "dopri5
 
 
 def heun(score: Score, sde: SDE, x: Tensor, *, steps: int = 18, grid: str | None = None,
-         rho: float = 7.0, denoise: str = "tweedie", generator: torch.Generator | None = None
-         ) -> tuple[Tensor, dict]:
+         rho: float = 7.0, denoise: str = "tweedie", t_start: float | None = None,
+         generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
     """EDM's deterministic Heun sampler (Karras et al. 2022, Alg. 1); x: (B, *D).
 
-    `steps` grid points from T to eps, Heun steps between them in the rescaled variables, then
-    EDM's final Euler step to noise level 0 — which is exactly the Tweedie denoiser — so
-    NFE = 2 steps - 1. denoise="none" stops at eps instead (NFE = 2 steps - 2). `grid`
-    defaults to "edm" (rho schedule in the noise level) for EDMSDE and "uniform" otherwise.
+    `steps` grid points from t_start (default T) to eps, Heun steps between them in the rescaled
+    variables, then EDM's final Euler step to noise level 0 — which is exactly the Tweedie denoiser
+    — so NFE = 2 steps - 1. denoise="none" stops at eps instead (NFE = 2 steps - 2). `grid` defaults
+    to "edm" (rho schedule in the noise level) for EDMSDE and "uniform" otherwise.
     """
     _check_choice(denoise, ("tweedie", "none"), "denoise")
     if steps < 2:
         raise ValueError(f"heun needs steps >= 2 (grid points from T to eps), got {steps}")
     grid = grid or ("edm" if isinstance(sde, EDMSDE) else "uniform")
-    ts = time_grid(sde, steps - 1, grid, rho=rho)
+    ts = time_grid(sde, steps - 1, grid, t_start=t_start, rho=rho)
     alpha, sigma = sde._marginal(ts)
     level, alpha_l, sigma_l = (sigma / alpha).tolist(), alpha.tolist(), sigma.tolist()
     t_vec = ts.to(device=x.device, dtype=x.dtype)

@@ -61,15 +61,15 @@ def _step(x: Tensor, s: Tensor, c: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def euler_maruyama(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
-                   grid: str = "uniform", denoise: str = "tweedie",
+                   grid: str = "uniform", denoise: str = "tweedie", t_start: float | None = None,
                    generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-    """Euler–Maruyama on the reverse SDE from x at T to eps; x: (B, *D).
+    """Euler–Maruyama on the reverse SDE from x at t_start (default T) to eps; x: (B, *D).
 
     denoise: "tweedie" (posterior mean at eps, +1 NFE), "mean" (drop the last step's noise,
     score_sde's choice), "none".
     """
     _check_choice(denoise, DENOISE, "denoise")
-    ts = time_grid(sde, steps, grid)
+    ts = time_grid(sde, steps, grid, t_start=t_start)
     coef = _em_coefficients(sde, ts).to(x.dtype).tolist()
     t_vec = ts.to(device=x.device, dtype=x.dtype)
     x_mean = x
@@ -97,9 +97,11 @@ def predictor_corrector(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
                         grid: str = "uniform", predictor: str = "ancestral",
                         corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1,
                         snr_norm: str = "batch_mean", denoise: str = "tweedie",
+                        t_start: float | None = None,
                         generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-    """Predictor–corrector sampling: at each t_i, `n_corrector` Langevin steps then one
-    predictor step t_i -> t_{i+1}. NFE = steps (n_corrector + 1) (+1 with Tweedie).
+    """Predictor–corrector sampling from t_start (default T) to eps: at each t_i, `n_corrector`
+    Langevin steps then one predictor step t_i -> t_{i+1}. NFE = steps (n_corrector + 1) (+1 with
+    Tweedie).
 
     snr_norm "batch_mean" (default, as score_sde) uses the batch-mean norms, so results depend
     slightly on the batch; "per_sample" makes each sample independent of the batch but is only
@@ -114,7 +116,7 @@ def predictor_corrector(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
         raise ValueError(f"n_corrector must be >= 1 with a corrector, got {n_corrector}")
     if snr <= 0:
         raise ValueError(f"snr must be > 0, got {snr}")
-    ts = time_grid(sde, steps, grid)
+    ts = time_grid(sde, steps, grid, t_start=t_start)
     coef_fn = _ancestral_coefficients if predictor == "ancestral" else _em_coefficients
     coef = coef_fn(sde, ts).to(x.dtype).tolist()
     # Langevin step scale a_i = alpha_i^2 / alpha_{i+1}^2 (the DDPM 1 - beta_i of this step).

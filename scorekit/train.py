@@ -222,9 +222,40 @@ class Trainer:
         method, options = split_named(section, key="method")
         model = self.ema if use_ema else self.model
         model.eval()
+        options = self.teleport_options(model, options)
         gen = torch.Generator(self.device).manual_seed(seed)
         return samplers.sample(model, self.sde, (n, *self.data.sample_shape), method=method,
                                generator=gen, device=self.device, dtype=self.dtype, **options)
+
+    def teleport_options(self, model: torch.nn.Module, options: dict[str, Any]
+                          ) -> dict[str, Any]:
+        """Turn the sampler section's `teleport: true` (+ `teleport_rank`, `t_start`,
+        `teleport_thresh`) into a fitted `GaussianTeleport` and a numeric t_start.
+
+        The Gaussian is fitted to the training data and cached in `<run_dir>/teleport.safetensors`;
+        t_start "auto" is the smallest t from which up the model's score is explained by the
+        Gaussian's to `teleport_thresh` (0.99) on training data noised to t.
+        """
+        options = dict(options)
+        use = options.pop("teleport", False)
+        rank = options.pop("teleport_rank", None)
+        if use in (False, None, "false"):
+            if options.get("t_start") in ("auto", None):
+                options.pop("t_start", None)
+            options.pop("teleport_thresh", None)
+            return options
+        if use is not True and use != "true":
+            raise ConfigError(f"sampler.teleport must be true or false, got {use!r}")
+        tp = samplers.GaussianTeleport.fit(self.data.train, self.sde, rank=rank,
+                                           cache=self.run_dir / "teleport.safetensors")
+        t_start = options.get("t_start", "auto")
+        if t_start in ("auto", None):
+            thresh = options.pop("teleport_thresh", 0.99)
+            t_start, _ = tp.suggest_t_start(model, data=self.data.train, thresh=thresh,
+                                            generator=torch.Generator().manual_seed(0))
+        options["t_start"] = float(t_start)
+        options["teleport"] = tp
+        return options
 
     def evaluate(self, sampler: DictConfig | dict | None = None, out_dir: Path | None = None
                  ) -> dict[str, Any]:
@@ -257,6 +288,9 @@ class Trainer:
             "final_loss": self.loss_history[-1] if self.loss_history else None,
             "nonfinite_samples": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
         }
+        if "t_start" in res.info:  # teleported: where the numerical phase began
+            metrics.update(t_start=res.info["t_start"],
+                           teleport_mode=res.info.get("teleport_mode"))
         if self.data.has_exact_score:  # mode weights / widths against the known mixture
             metrics.update(mode_metrics(x.flatten(1), self.data.exact_score(self.sde)))
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import samplers
 from scorekit import checkpoint as ckpt
 from scorekit.config import ConfigError
 from scorekit.train import Trainer
@@ -140,6 +141,25 @@ def test_evaluate_writes_metrics_and_plot(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["nfe"] == 21 == metrics["nfe"]  # 20 EM steps + Tweedie
     assert (tmp_path / "samples.png").stat().st_size > 1000
+
+
+def test_sampler_teleport_from_config(tmp_path):
+    """`sampler.teleport=true`: the Gaussian is fitted to the training data and cached, t_start
+    is picked from the model's score, the run starts there (same NFE budget), and metrics.json
+    records it; a numeric t_start is used as given; a non-boolean flag is named."""
+    tr = Trainer(_cfg(SMALL + ["sampler=heun", "sampler.steps=6", "sampler.teleport=true"]),
+                 run_dir=tmp_path)
+    tr.fit()
+    metrics = tr.evaluate()
+    cache = tmp_path / "teleport.safetensors"
+    assert cache.is_file() and metrics["teleport_mode"] == "ode" and metrics["nfe"] == 11
+    assert tr.sde.eps < metrics["t_start"] <= tr.sde.T
+    tp = samplers.GaussianTeleport.load(cache, tr.sde)
+    assert torch.allclose(tp.mean, tr.data.train.double().mean(0), atol=1e-6)
+    res = tr.sample(50, {"method": "em", "steps": 5, "teleport": True, "t_start": 0.3})
+    assert res.info["t_start"] == 0.3 and res.info["teleport_mode"] == "marginal"
+    with pytest.raises(ConfigError, match="sampler.teleport must be true or false"):
+        tr.sample(5, {"method": "em", "steps": 5, "teleport": "maybe"})
 
 
 @pytest.mark.slow
