@@ -121,7 +121,10 @@ class GMMScore(nn.Module):
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=dev)
         root = self.eigvecs * self.eigvals.sqrt()[:, None, :]  # (K, d, d): U diag(sqrt(lam))
-        x = self.means[labels] + torch.einsum("nij,nj->ni", root[labels], z)
+        x = self.means[labels].clone()
+        for k in range(root.shape[0]):  # per component: O(n d + K d^2) memory, not O(n d^2)
+            rows = (labels == k).nonzero().squeeze(1)
+            x[rows] += z[rows] @ root[k].T
         return (x, labels) if return_labels else x
 
     def sample_marginal(self, n: int, t: float, generator: torch.Generator | None = None,
