@@ -69,6 +69,9 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     """
     if method not in _METHODS:
         raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
+    if not sde.is_linear and method != "em":
+        raise ValueError(f"method {method!r} needs a linear process with Gaussian transitions; "
+                         f"{type(sde).__name__} has a non-linear drift: use method='em'")
     fn = _METHODS[method]
     valid = accepted_kwargs(fn)
     if valid is not None:

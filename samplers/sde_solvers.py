@@ -66,10 +66,16 @@ def euler_maruyama(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
     """Euler–Maruyama on the reverse SDE from x at t_start (default T) to eps; x: (B, *D).
 
     denoise: "tweedie" (posterior mean at eps, +1 NFE), "mean" (drop the last step's noise,
-    score_sde's choice), "none".
+    score_sde's choice), "none". A non-linear-drift process (`sde.is_linear` False) takes the
+    drift f(x, t) at each step and has no Tweedie step.
     """
     _check_choice(denoise, DENOISE, "denoise")
+    if not sde.is_linear and denoise == "tweedie":
+        raise ValueError(f"denoise='tweedie' needs Gaussian transitions; {type(sde).__name__} "
+                         "has a non-linear drift: use denoise='mean' or 'none'")
     ts = time_grid(sde, steps, grid, t_start=t_start)
+    if not sde.is_linear:
+        return _euler_maruyama_nonlinear(score, sde, x, ts, denoise, generator), {"grid": grid}
     coef = _em_coefficients(sde, ts).to(x.dtype).tolist()
     t_vec = ts.to(device=x.device, dtype=x.dtype)
     x_mean = x
@@ -78,6 +84,21 @@ def euler_maruyama(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x, x_mean = _step(x, score(x, t), coef[i], z)
     return _finish(score, sde, x, x_mean, denoise), {"grid": grid}
+
+
+def _euler_maruyama_nonlinear(score: Score, sde: SDE, x: Tensor, ts: Tensor, denoise: str,
+                              generator: torch.Generator | None) -> Tensor:
+    """Reverse EM step x + h (g^2 s - f(x, t)) + g sqrt(h) z with the drift evaluated at x."""
+    h = (ts[:-1] - ts[1:]).tolist()
+    g = sde._diffusion(ts[:-1]).tolist()
+    t_vec = ts.to(device=x.device, dtype=x.dtype)
+    x_mean = x
+    for i in range(len(h)):
+        t = t_vec[i].expand(x.shape[0])
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x_mean = x + h[i] * (g[i] ** 2 * score(x, t) - sde._drift(x, t))
+        x = x_mean + g[i] * h[i] ** 0.5 * z
+    return x_mean if denoise == "mean" else x
 
 
 def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm: str,

@@ -1,8 +1,10 @@
-"""Linear forward processes: VP, sub-VP, VE and EDM.
+"""Forward processes: linear VP, sub-VP, VE and EDM (non-linear ones: `scorekit.nonlinear_sde`,
+also importable from here).
 
-Every process has Gaussian transitions `x_t = alpha_t * x0 + sigma_t * noise` and a drift that is
-linear in x, `f(x, t) = f_t * x` (`drift_rate`). Public methods validate `t` in `[eps, T]`; the
-underscored twins (`_marginal`, `_drift_rate`, `_diffusion`) skip the check for inner loops.
+The linear processes have Gaussian transitions `x_t = alpha_t * x0 + sigma_t * noise` and a drift
+`f(x, t) = f_t * x` (`drift_rate`). `NonlinearSDE` has a general drift `f(x, t)`, no closed-form
+marginal (`is_linear = False`) and is trained with `LocalDSM`. Public methods validate `t` in
+`[eps, T]`; the underscored twins (`_marginal`, `_drift_rate`, `_diffusion`) skip the check.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class SDE(ABC):
 
     T: float
     eps: float
+    is_linear: bool = True  # Gaussian transitions with closed-form (alpha_t, sigma_t)
 
     # --- process-specific pieces (unchecked, t: (B,)) --------------------------------------
     @abstractmethod
@@ -56,6 +59,14 @@ class SDE(ABC):
     @abstractmethod
     def prior_std(self) -> float:
         """Standard deviation of the isotropic Gaussian prior at T."""
+
+    def _scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha_t, sigma_t) that score networks use for preconditioning; t: (B,)."""
+        return self._marginal(t)
+
+    def _reference_score(self, x: Tensor, t: Tensor) -> Tensor | None:
+        """A score that score networks add to their output (None: none)."""
+        return None
 
     def _lw_cum(self, t: Tensor) -> Tensor:
         """Antiderivative of g(t)^2 / sigma_t^2 (float64), for likelihood importance sampling."""
@@ -90,10 +101,12 @@ class SDE(ABC):
         """f_t in f(x, t) = f_t x; t: (B,) -> (B,)."""
         return self._drift_rate(self.check_t(t))
 
+    def _drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return _per_sample(self._drift_rate(t), x) * x
+
     def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Forward drift f(x, t); x: (B, *D), t: (B,) -> (B, *D)."""
-        t = self.check_t(_as_t(t, x))
-        return _per_sample(self._drift_rate(t), x) * x
+        return self._drift(x, self.check_t(_as_t(t, x)))
 
     def diffusion(self, t: Tensor | float) -> Tensor:
         """g(t); t: (B,) -> (B,)."""
@@ -319,11 +332,25 @@ SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm"
 
 
 def make_sde(name: str, **params) -> SDE:
-    """Build a process by name ("vp", "subvp", "ve", "edm") with keyword parameters."""
-    if name not in SDES:
-        raise ValueError(f"unknown sde {name!r}; valid: {sorted(SDES)}")
+    """Build a process by name ("vp", "subvp", "ve", "edm", or a non-linear one of
+    `scorekit.nonlinear_sde.NONLINEAR_SDES`, e.g. "double_well") with keyword parameters."""
+    from scorekit.nonlinear_sde import NONLINEAR_SDES
+
+    registry = {**SDES, **NONLINEAR_SDES}
+    if name not in registry:
+        raise ValueError(f"unknown sde {name!r}; valid: {sorted(SDES) + sorted(NONLINEAR_SDES)}")
     from scorekit._validate import check_kwargs
 
-    cls = SDES[name]
+    cls = registry[name]
     check_kwargs(cls, params, where=f"sde '{name}'")
     return cls(**params)
+
+
+def __getattr__(name: str):
+    # The non-linear processes live in scorekit.nonlinear_sde (which builds on SDE above);
+    # resolving them lazily keeps `from scorekit.sde import NonlinearSDE` free of import cycles.
+    if name in ("NonlinearSDE", "DoubleWellSDE"):
+        from scorekit import nonlinear_sde
+
+        return getattr(nonlinear_sde, name)
+    raise AttributeError(f"module 'scorekit.sde' has no attribute {name!r}")

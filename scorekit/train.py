@@ -80,7 +80,8 @@ class Trainer:
             self.model = make_model(name, self.data.dim, self.sde, **params)
         self.model.to(self.device, self.dtype)
         name, params = split_named(cfg.objective)
-        self.objective = make_objective(name, self.sde, **params)
+        data_score = self.data.score if self.data.has_clean_score else None
+        self.objective = make_objective(name, self.sde, data_score=data_score, **params)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         t = cfg.trainer
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,

@@ -10,14 +10,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scorekit.data.boltzmann import CLEAN_SCORES, banana, double_well
 from scorekit.data.images import digits
 from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
 
-__all__ = ["Dataset", "make_dataset", "DATASETS", "gmm", "gmm_params", "moons", "swissroll",
-           "checkerboard", "digits"]
+__all__ = ["Dataset", "make_dataset", "DATASETS", "CLEAN_SCORES", "gmm", "gmm_params", "moons",
+           "swissroll", "checkerboard", "digits", "banana", "double_well"]
 
 DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": checkerboard,
-            "digits": digits}
+            "digits": digits, "banana": banana, "double_well": double_well}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,18 @@ class Dataset:
     @property
     def has_exact_score(self) -> bool:
         return self.name == "gmm"
+
+    @property
+    def has_clean_score(self) -> bool:
+        """Whether grad log p0 is known pointwise (`score`), as target score matching needs."""
+        return self.name in CLEAN_SCORES
+
+    def score(self, x0: Tensor) -> Tensor:
+        """Clean data score grad log p0(x0); x0: (B, *sample_shape), computed in its dtype."""
+        if not self.has_clean_score:
+            raise ValueError(f"dataset {self.name!r} has no known clean score; valid: "
+                             f"{sorted(CLEAN_SCORES)}")
+        return CLEAN_SCORES[self.name](x0, **self.params)
 
     def exact_score(self, sde):
         """The closed-form score of the data distribution under `sde` (mixtures only)."""

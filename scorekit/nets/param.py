@@ -38,7 +38,7 @@ class ScoreModel(nn.Module):
 
     def _raw(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Network output F plus per-sample (alpha, sigma, s = sigma/alpha), broadcast to x."""
-        alpha, sigma = self.sde._marginal(t.to(x.dtype))
+        alpha, sigma = self.sde._scales(t.to(x.dtype))
         level = sigma / alpha
         if self.precondition:
             c_in = torch.rsqrt(level**2 + self.sigma_data**2) / alpha
@@ -49,7 +49,18 @@ class ScoreModel(nn.Module):
         return out, _per_sample(alpha, x), _per_sample(sigma, x), _per_sample(level, x)
 
     def scaled_score(self, x: Tensor, t: Tensor) -> Tensor:
-        """sigma_t * grad log p_t(x) = -eps_hat; x: (B, *D), t: (B,) -> (B, *D)."""
+        """sigma_t * grad log p_t(x) = -eps_hat; x: (B, *D), t: (B,) -> (B, *D).
+
+        A process with a reference score (e.g. the stationary law of a non-linear process) has
+        it added, so the network learns only the deviation from it.
+        """
+        scaled = self._scaled_net_score(x, t)
+        ref = self.sde._reference_score(x, t)
+        if ref is None:
+            return scaled
+        return scaled + _per_sample(self.sde._scales(t.to(x.dtype))[1], x) * ref
+
+    def _scaled_net_score(self, x: Tensor, t: Tensor) -> Tensor:
         out, alpha, sigma, level = self._raw(x, t)
         p = self.parameterization
         if p == "eps":
@@ -66,5 +77,5 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Score grad_x log p_t(x); x: (B, *D), t: (B,) -> (B, *D)."""
-        alpha, sigma = self.sde._marginal(t.to(x.dtype))
+        alpha, sigma = self.sde._scales(t.to(x.dtype))
         return self.scaled_score(x, t) / _per_sample(sigma, x)

@@ -1,17 +1,30 @@
 """Training objectives. Each is a callable `loss_fn(model, x0) -> scalar`."""
 
 from scorekit.objectives.dsm import DSM, WEIGHTINGS
+from scorekit.objectives.local_dsm import KERNELS, LocalDSM
+from scorekit.objectives.tsm import MIXINGS, TSM
 
-__all__ = ["DSM", "WEIGHTINGS", "make_objective"]
+__all__ = ["DSM", "TSM", "LocalDSM", "WEIGHTINGS", "MIXINGS", "KERNELS", "OBJECTIVES",
+           "make_objective"]
 
-OBJECTIVES = {"dsm": DSM}
+OBJECTIVES = {"dsm": DSM, "tsm": TSM, "local_dsm": LocalDSM}
 
 
-def make_objective(name: str, sde, **params):
-    """Build an objective by name ("dsm") for the given process."""
+def make_objective(name: str, sde, data_score=None, **params):
+    """Build an objective by name ("dsm", "tsm", "local_dsm") for the given process.
+
+    `data_score(x0) = grad log p0(x0)` is passed to objectives that need it (TSM) and ignored
+    by the others.
+    """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; valid: {sorted(OBJECTIVES)}")
     from scorekit._validate import check_kwargs
 
-    check_kwargs(OBJECTIVES[name], params, where=f"objective '{name}'", exclude=("sde",))
-    return OBJECTIVES[name](sde, **params)
+    cls = OBJECTIVES[name]
+    check_kwargs(cls, params, where=f"objective '{name}'", exclude=("sde", "data_score"))
+    if getattr(cls, "needs_data_score", False):
+        if data_score is None:
+            raise ValueError(f"objective {name!r} needs the clean data score grad log p0; use "
+                             "a dataset with a known score (Dataset.has_clean_score)")
+        return cls(sde, data_score, **params)
+    return cls(sde, **params)

@@ -33,6 +33,43 @@ def scaled_score(model: Score, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
     return _per_sample(sigma, x) * model(x, t)
 
 
+def batch_t(t: Tensor | float, x0: Tensor) -> Tensor:
+    """A fixed time as a (B,) tensor in the dtype and device of x0 (a float is broadcast)."""
+    if isinstance(t, Tensor):
+        return t
+    return torch.full((x0.shape[0],), float(t), dtype=x0.dtype, device=x0.device)
+
+
+def check_linear(sde: SDE, objective: str) -> None:
+    """Raise unless `sde` has Gaussian transitions (closed-form alpha_t, sigma_t)."""
+    if not sde.is_linear:
+        raise ValueError(f"{objective} needs a linear process with Gaussian transitions; "
+                         f"{type(sde).__name__} has a non-linear drift: use LocalDSM")
+
+
+def check_t_range(sde: SDE, t_min: float | None, t_max: float | None = None
+                  ) -> tuple[float, float]:
+    """(t_min, t_max) with defaults (sde.eps, sde.T), raising unless 0 < t_min < t_max <= T."""
+    t_min = sde.eps if t_min is None else float(t_min)
+    t_max = sde.T if t_max is None else float(t_max)
+    if not 0 < t_min < sde.T:
+        raise ValueError(f"t_min must lie in (0, T={sde.T:g}), got {t_min}")
+    if not t_min < t_max <= sde.T:
+        raise ValueError(f"t_max must lie in (t_min={t_min:g}, T={sde.T:g}], got {t_max}")
+    return t_min, t_max
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def reduce(resid: Tensor, reduction: str) -> Tensor:
+    """Sum or mean of squared residuals over the non-batch elements: (B, *D) -> (B,)."""
+    sq = resid.flatten(1).pow(2)
+    return sq.sum(1) if reduction == "sum" else sq.mean(1)
+
+
 class DSM:
     """Denoising score-matching loss; `loss_fn(model, x0)` returns a scalar (mean over batch).
 
@@ -44,13 +81,11 @@ class DSM:
     def __init__(self, sde: SDE, weighting: str = "sigma2", importance_sampling: bool = False,
                  t_min: float | None = None, reduction: str = "sum", p_mean: float = -1.2,
                  p_std: float = 1.2, sigma_data: float | None = None):
+        check_linear(sde, "DSM")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        t_min = sde.eps if t_min is None else float(t_min)
-        if not 0 < t_min < sde.T:
-            raise ValueError(f"t_min must lie in (0, T={sde.T:g}), got {t_min}")
+        check_reduction(reduction)
+        t_min, _ = check_t_range(sde, t_min)
         if importance_sampling and weighting != "likelihood":
             raise ValueError(f"importance_sampling applies to weighting='likelihood' only, "
                              f"got weighting={weighting!r}")
@@ -110,18 +145,15 @@ class DSM:
                    noise: Tensor | None = None, generator: torch.Generator | None = None
                    ) -> Tensor:
         """Per-sample losses (B,); `t` (B,) or a float fixes the time, `noise` fixes eps."""
-        b = x0.shape[0]
         if t is None:
-            t = self.sample_t(b, generator, x0.device, x0.dtype)
-        elif not isinstance(t, Tensor):
-            t = torch.full((b,), float(t), dtype=x0.dtype, device=x0.device)
+            t = self.sample_t(x0.shape[0], generator, x0.device, x0.dtype)
+        t = batch_t(t, x0)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         alpha, sigma = self.sde._marginal(t)
         xt = _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * noise
-        resid = (scaled_score(model, xt, t, sigma) + noise).flatten(1).pow(2)
-        resid = resid.sum(1) if self.reduction == "sum" else resid.mean(1)
-        return self.weight(t) * resid
+        resid = scaled_score(model, xt, t, sigma) + noise
+        return self.weight(t) * reduce(resid, self.reduction)
 
     def __call__(self, model: Score, x0: Tensor, t: Tensor | float | None = None,
                  noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,60 @@
+"""Hydra wiring of the TSM and local-DSM objectives and their experiment configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from scorekit.objectives import TSM, LocalDSM
+from scorekit.sde import DoubleWellSDE
+from scorekit.train import Trainer
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+SMALL = ["trainer.steps=20", "trainer.ckpt_every=20", "trainer.batch_size=64",
+         "trainer.log_every=10", "trainer.progress=false", "model.hidden=32", "model.depth=2",
+         "data.n_train=2000", "data.n_test=500", "eval.n_samples=200", "eval.n_proj=16",
+         "eval.plot=false", "sampler.steps=20"]
+
+
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("hydra", None)
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment,objective", [("tsm_banana", TSM),
+                                                  ("local_dsm_nonlinear", LocalDSM)])
+def test_experiment_trains_and_samples(experiment, objective, tmp_path):
+    """Each experiment config builds its objective, trains 20 steps and samples finite points
+    (the non-linear one by reverse EM without a Tweedie step: NFE = steps)."""
+    tr = Trainer(_cfg([f"experiment={experiment}", *SMALL]), run_dir=tmp_path)
+    assert isinstance(tr.objective, objective)
+    tr.fit()
+    metrics = tr.evaluate()
+    assert metrics["nonfinite_samples"] == 0 and metrics["nfe"] >= 20
+    assert (tmp_path / "metrics.json").exists()
+    if experiment == "local_dsm_nonlinear":
+        assert isinstance(tr.sde, DoubleWellSDE) and metrics["nfe"] == 20  # no Tweedie step
+
+
+@pytest.mark.parametrize("data", ["gmm", "double_well"])
+def test_tsm_objective_with_clean_score_datasets(data, tmp_path):
+    tr = Trainer(_cfg(["objective=tsm", f"data={data}", *SMALL]), run_dir=tmp_path)
+    x0 = tr.train_x[:8]
+    torch.testing.assert_close(tr.objective.clean_score(x0), tr.data.score(x0))
+
+
+def test_tsm_needs_a_clean_score(tmp_path):
+    with pytest.raises(ValueError, match="objective 'tsm' needs the clean data score"):
+        Trainer(_cfg(["objective=tsm", "data=moons", *SMALL]), run_dir=tmp_path)
+
+
+def test_local_dsm_on_linear_process(tmp_path):
+    tr = Trainer(_cfg(["objective=local_dsm", *SMALL]), run_dir=tmp_path)
+    assert tr.objective.kernel_name == "exact"
+    tr.fit()
