@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from samplers.base import CountingScore, SampleResult, Score, time_grid, tweedie
+from samplers.closed_form import closed_form
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.ggf import gotta_go_fast
 from samplers.likelihood import bits_per_dim, log_likelihood
@@ -32,6 +33,7 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "ode": probability_flow,
     "heun": heun,
     "ggf": gotta_go_fast,
+    "closed_form": closed_form,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 

@@ -39,7 +39,7 @@ from scorekit.sde import SDE
 Score = Callable[[Tensor, Tensor], Tensor]
 MODES = ("ode", "marginal", "conditional")
 # Methods that integrate the probability-flow ODE: they take the deterministic teleport map.
-ODE_METHODS = ("ode", "heun", "dpm_solver", "unipc", "euler_diffusers")
+ODE_METHODS = ("ode", "heun", "dpm_solver", "unipc", "euler_diffusers", "closed_form")
 
 
 def _fingerprint(x: Tensor) -> str:

@@ -13,9 +13,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from scorekit.empirical import EmpiricalScore
 from scorekit.sde import SDE
 
-__all__ = ["GMMScore", "GaussianScore"]
+__all__ = ["EmpiricalScore", "GMMScore", "GaussianScore"]
 
 
 def _validate_cov(cov: Tensor, name: str, allow_singular: bool) -> tuple[Tensor, Tensor]:

@@ -3,7 +3,8 @@
 `Trainer(cfg, run_dir).run()` trains with Adam, EMA and gradient clipping, writes atomic
 safetensors checkpoints (`checkpoints/last.safetensors`) holding model, EMA, optimizer and RNG
 state, resumes bit-for-bit from them, and finishes by sampling and writing `samples.png` and
-`metrics.json` to the run directory.
+`metrics.json` to the run directory. `model=closed_form` builds an `EmpiricalScore` from the
+training data instead of a network: nothing is trained and the checkpoint holds the data.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from tqdm.auto import tqdm
 
 import samplers
 from scorekit import checkpoint as ckpt
+from scorekit._validate import check_kwargs
 from scorekit.config import ConfigError, split_named, validate
 from scorekit.data import make_dataset
+from scorekit.empirical import EmpiricalScore
 from scorekit.loggers import WandbLogger
 from scorekit.metrics import frechet_distance, mmd, mode_metrics, sliced_wasserstein
 from scorekit.nets import make_model
@@ -32,6 +35,7 @@ from scorekit.sde import make_sde
 # Sections whose values must agree between a checkpoint and the config that loads it.
 _MODEL_DEFINING = ("data", "sde", "model")
 CKPT_NAME = "last.safetensors"
+CLOSED_FORM = "closed_form"  # model name of the training-free EmpiricalScore
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -73,19 +77,30 @@ class Trainer:
         name, params = split_named(cfg.sde)
         self.sde = make_sde(name, **params)
         name, params = split_named(cfg.model)
-        if params.get("sigma_data", "auto") in ("auto", None):
-            params["sigma_data"] = float(self.data.train.std())
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # network initialisation is seeded, global RNG untouched
-            self.model = make_model(name, self.data.dim, self.sde, **params)
+        # model=closed_form: the score is computed from the training data (objectives §7); no
+        # network, optimizer or EMA, and fit() only caches the data as the checkpoint.
+        self.closed_form = name == CLOSED_FORM
+        if self.closed_form:
+            check_kwargs(EmpiricalScore, params, where=f"model '{name}'",
+                         exclude=("data", "sde", "seed"))
+            self.model = EmpiricalScore(self.data.train, self.sde, seed=cfg.seed, **params)
+        else:
+            if params.get("sigma_data", "auto") in ("auto", None):
+                params["sigma_data"] = float(self.data.train.std())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)  # seeded network initialisation, global RNG untouched
+                self.model = make_model(name, self.data.dim, self.sde, **params)
         self.model.to(self.device, self.dtype)
         name, params = split_named(cfg.objective)
         data_score = self.data.score if self.data.has_clean_score else None
         self.objective = make_objective(name, self.sde, data_score=data_score, **params)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False)
         t = cfg.trainer
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
-                                          weight_decay=t.weight_decay)
+        if self.closed_form:
+            self.ema, self.optimizer = self.model, None
+        else:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
+                                              weight_decay=t.weight_decay)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.step = 0
@@ -105,6 +120,11 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         path = Path(path) if path is not None else self.ckpt_path
+        if self.closed_form:  # the cached training data (and smoothing bank) are the model
+            meta = {"step": 0, "loss_history": [], "config": self._model_config(),
+                    "train_time": self.train_time, "format": "scorekit-closed-form-1"}
+            ckpt.save(path, ckpt.module_tensors(self.model, "model"), meta)
+            return path
         opt_tensors, opt_meta = ckpt.optimizer_state(self.optimizer)
         tensors = {**ckpt.module_tensors(self.model, "model"),
                    **ckpt.module_tensors(self.ema, "ema"), **opt_tensors,
@@ -127,6 +147,8 @@ class Trainer:
             raise ckpt.CheckpointError(f"checkpoint {path} does not match the config: "
                                        + "; ".join(diffs[:6]))
         ckpt.load_module(self.model, tensors, "model", str(path))
+        if self.closed_form:
+            return
         ckpt.load_module(self.ema, tensors, "ema", str(path))
         if weights_only:
             return
@@ -186,6 +208,13 @@ class Trainer:
     def fit(self, until: int | None = None, logger: WandbLogger | None = None) -> None:
         """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume)."""
         t = self.cfg.trainer
+        if self.closed_form:
+            tqdm.write(f"model=closed_form has no training step (trainer.steps={t.steps} "
+                       f"ignored); caching the {self.data.train.shape[0]} training points")
+            start = time.perf_counter()
+            self.save_checkpoint()
+            self.train_time += time.perf_counter() - start
+            return
         self._maybe_resume()
         end = t.steps if until is None else min(until, t.steps)
         self.model.train()

@@ -1,7 +1,9 @@
 """Train a score model and sample from it: `python scripts/train.py [group=option] [key=value]`.
 
 Writes config.yaml, checkpoints/last.safetensors, metrics.json and samples.png to the Hydra run
-dir. Resume a killed run with `hydra.run.dir=<its dir> trainer.resume=true`.
+dir. Resume a killed run with `hydra.run.dir=<its dir> trainer.resume=true`. With
+`model=closed_form` (e.g. `experiment=digits_closed_form`) there is no training step: the run
+caches the training data as its checkpoint and samples from the closed-form smoothed score.
 """
 
 import json

@@ -34,6 +34,7 @@ EXPECTED = {
     "dpm_solver": ({}, 13),
     "unipc": ({}, 13),
     "euler_diffusers": ({}, 13),
+    "closed_form": ({"denoise": "tweedie"}, 13 + 1),
 }
 
 
