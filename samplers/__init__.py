@@ -2,6 +2,7 @@
 
     res = samplers.sample(score, sde, shape=(n, d), method="em", steps=500)
     res.x, res.nfe, res.nfe_per_sample, res.info
+    res = samplers.fkc_sample([s1, s2], sde, (n, d), mode="product")   # weighted SMC
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from samplers.base import CountingScore, SampleResult, Score, time_grid, tweedie
 from samplers.closed_form import closed_form
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
+from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
 from samplers.ggf import gotta_go_fast
 from samplers.likelihood import bits_per_dim, log_likelihood
 from samplers.ode import heun, probability_flow
@@ -25,7 +27,8 @@ from scorekit._validate import accepted_kwargs, check_positive_int
 from scorekit.sde import SDE
 
 __all__ = ["sample", "available", "register", "SampleResult", "CountingScore", "time_grid",
-           "tweedie", "log_likelihood", "bits_per_dim", "GaussianTeleport"]
+           "tweedie", "log_likelihood", "bits_per_dim", "GaussianTeleport", "fkc_sample",
+           "FKCResult"]
 
 _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "em": euler_maruyama,
@@ -34,6 +37,7 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "heun": heun,
     "ggf": gotta_go_fast,
     "closed_form": closed_form,
+    "fkc": fkc_anneal,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 

@@ -35,6 +35,7 @@ EXPECTED = {
     "unipc": ({}, 13),
     "euler_diffusers": ({}, 13),
     "closed_form": ({"denoise": "tweedie"}, 13 + 1),
+    "fkc": ({"beta": 2.0}, 13),
 }
 
 

@@ -1,0 +1,238 @@
+"""Feynman–Kac correctors: SMC sampling of annealed, product and CFG targets (Skreta et al. 2025).
+
+Target path pi_t ∝ prod_j q_{j,t}^{a_j} of the models' marginals under one linear process. The
+particles follow the reverse SDE dx = [-f + g^2 s_pi] dtau + g dW with s_pi = sum_j a_j s_j and
+carry d log w = G dtau, G = (sum_j a_j - 1) div f + 1/2 g^2 (|s_pi|^2 - sum_j a_j |s_j|^2); the
+drift coefficient g^2 (not g^2/2) removes every score-divergence term. Weights live in float64
+log space and are resampled when ESS / N drops below `ess_threshold`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from samplers.base import CountingScore, SampleResult, Score, time_grid
+from scorekit._validate import check_positive_int
+from scorekit.sde import SDE
+
+MODES = ("anneal", "product", "cfg")
+RESAMPLERS = ("systematic", "multinomial", "stratified")
+_N_SCORES = {"anneal": 1, "product": 2, "cfg": 2}
+
+
+@dataclass
+class FKCResult(SampleResult):
+    """`SampleResult` plus normalised float64 log-weights (n,) of the final particles
+    (log-softmax within each group; all -log N after a final resample)."""
+
+    log_weights: Tensor | None = None
+
+
+def ess(log_w: Tensor) -> Tensor:
+    """Effective sample size exp(2 LSE(log w) - LSE(2 log w)) over the last dim; (..., N) -> (...).
+    Log-space throughout, so weights of 1e300 or exactly zero (-inf) are fine."""
+    log_w = log_w.double()
+    return torch.exp(2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1))
+
+
+def resample_indices(weights: Tensor, scheme: str = "systematic",
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Ancestor indices (G, N) drawn from normalised weights (G, N), each row on its own.
+
+    All three schemes are unbiased: E[#offspring of i] = N W_i. Systematic uses one uniform per
+    row, stratified one per stratum; both have lower variance than multinomial.
+    """
+    if scheme not in RESAMPLERS:
+        raise ValueError(f"unknown resample scheme {scheme!r}; valid: {list(RESAMPLERS)}")
+    g, n = weights.shape
+    w = weights.double()
+    if scheme == "multinomial":
+        return torch.multinomial(w, n, replacement=True, generator=generator)
+    k = torch.arange(n, dtype=torch.float64, device=w.device)
+    shape = (g, 1) if scheme == "systematic" else (g, n)
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=w.device)
+    cdf = torch.cumsum(w, dim=1)
+    cdf = cdf / cdf[:, -1:]
+    # right=True: particle i is picked iff cdf[i-1] <= u < cdf[i], so zero weights never are;
+    # the clamp only catches u landing past a cdf that round-off left just below 1.
+    idx = torch.searchsorted(cdf, (k + u) / n, right=True)
+    return idx.clamp_max(n - 1)
+
+
+def _potential(mode: str, s: list[Tensor], g2: float, a: tuple[float, ...]) -> Tensor:
+    """Per-particle G without the div f term, in float64: (B,). The closed forms of each mode
+    avoid the cancellation of |s_pi|^2 - sum_j a_j |s_j|^2."""
+    sq = [v.double().flatten(1) for v in s]
+    if mode == "anneal":
+        beta = a[0]
+        return 0.5 * beta * (beta - 1) * g2 * sq[0].pow(2).sum(1)
+    if mode == "product":
+        return g2 * (sq[0] * sq[1]).sum(1)
+    w = a[1]  # cfg: a = (1 - w, w)
+    return -0.5 * w * (1 - w) * g2 * (sq[1] - sq[0]).pow(2).sum(1)
+
+
+def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE, x: Tensor,
+             ts: Tensor, groups: int, resample: str, ess_threshold: float,
+             final_resample: bool, max_log_increment: float | None, weight_until: float | None,
+             generator: torch.Generator | None) -> tuple[Tensor, Tensor, dict]:
+    """Weighted-particle EM from x at ts[0] to ts[-1]; x: (B, *D), B = groups * N.
+
+    Returns (x, normalised log-weights (B,) float64, info). Inner code: inputs are valid.
+    """
+    b = x.shape[0]
+    n = b // groups
+    d = x[0].numel()
+    h = (ts[:-1] - ts[1:]).tolist()
+    g2 = (sde._diffusion(ts[:-1]) ** 2).tolist()
+    f_rate = sde._drift_rate(ts[:-1]).tolist()
+    t_vec = ts.to(device=x.device, dtype=x.dtype)
+    dev = x.device
+    logw = torch.zeros(groups, n, dtype=torch.float64, device=dev)
+    log_z = torch.zeros(groups, dtype=torch.float64, device=dev)
+    ancestors = torch.arange(b, device=dev)
+    offset = (torch.arange(groups, device=dev) * n)[:, None]
+    ess_trace, resampled = [], []
+    lo_norm = math.log(n)
+    steps = len(h)
+    for i in range(steps):
+        t = t_vec[i].expand(b)
+        s = [score(x, t) for score in scores]
+        s_pi = s[0] * a[0] if len(s) == 1 else s[0] * a[0] + s[1] * a[1]
+        if weight_until is None or float(ts[i]) >= weight_until:
+            inc = h[i] * _potential(mode, s, g2[i], a)
+            if max_log_increment is not None:
+                inc = inc.clamp(-max_log_increment, max_log_increment)
+            logw = logw + inc.view(groups, n)
+            # div f = f_t d is the same for every particle: it only moves the normaliser.
+            log_z = log_z + h[i] * (sum(a) - 1) * f_rate[i] * d
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev)
+        x = x + h[i] * (g2[i] * s_pi - f_rate[i] * x) + (g2[i] * h[i]) ** 0.5 * z
+        e = ess(logw)
+        ess_trace.append(e)
+        last = i == steps - 1
+        if last and not final_resample:
+            continue
+        do = torch.ones_like(e, dtype=torch.bool) if last else e < ess_threshold * n
+        resampled.append(do)
+        lse = torch.logsumexp(logw, dim=1)
+        idx = resample_indices(torch.softmax(logw, dim=1), resample, generator)
+        idx = torch.where(do[:, None], idx, torch.arange(n, device=dev)) + offset
+        # torch.where instead of a Python branch: no host sync on the decision.
+        x = x[idx.flatten()]
+        ancestors = ancestors[idx.flatten()]
+        log_z = torch.where(do, log_z + lse - lo_norm, log_z)
+        logw = torch.where(do[:, None], torch.zeros_like(logw), logw)
+    lse = torch.logsumexp(logw, dim=1)
+    log_z = log_z + lse - lo_norm
+    logw = logw - lse[:, None]
+    ess_t = torch.stack(ess_trace).cpu()
+    res_t = (torch.stack(resampled).cpu() if resampled
+             else torch.zeros(0, groups, dtype=torch.bool))
+    resample_steps = res_t[: steps - 1].any(1).nonzero().flatten().tolist()
+    info = {
+        "ess": ess_t[:, 0] if groups == 1 else ess_t,
+        "resample_steps": resample_steps,
+        "n_resample": int(res_t[: steps - 1].sum()),
+        "unique_ancestors": [int(ancestors[k * n:(k + 1) * n].unique().numel())
+                             for k in range(groups)],
+        "log_Z": log_z.cpu(),
+        "biased": max_log_increment is not None or weight_until is not None,
+    }
+    return x, logw.flatten(), info
+
+
+def _check_args(scores: Sequence[Score], mode: str, beta: float, guidance: float | None,
+                resample: str, ess_threshold: float, groups: int, n: int
+                ) -> tuple[float, ...]:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
+    if len(scores) != _N_SCORES[mode]:
+        raise ValueError(f"mode {mode!r} needs {_N_SCORES[mode]} score(s), got {len(scores)}")
+    if not all(callable(s) for s in scores):
+        raise TypeError("scores must be callables score(x, t)")
+    if resample not in RESAMPLERS:
+        raise ValueError(f"unknown resample scheme {resample!r}; valid: {list(RESAMPLERS)}")
+    if isinstance(ess_threshold, bool) or not 0 < float(ess_threshold) <= 1:
+        raise ValueError(f"ess_threshold must lie in (0, 1], got {ess_threshold!r}")
+    check_positive_int(groups, "groups")
+    if n % groups:
+        raise ValueError(f"groups={groups} does not divide the number of particles {n}")
+    if mode == "anneal":
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+        return (float(beta),)
+    if mode == "cfg":
+        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
+            raise ValueError(f"mode 'cfg' needs a finite guidance weight w, got {guidance!r}")
+        return (1.0 - float(guidance), float(guidance))
+    return (1.0, 1.0)
+
+
+def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...],
+               mode: str = "anneal", beta: float = 2.0, guidance: float | None = None,
+               steps: int = 500, resample: str = "systematic", ess_threshold: float = 0.5,
+               generator: torch.Generator | None = None, groups: int = 1,
+               final_resample: bool = False, grid: str = "uniform",
+               max_log_increment: float | None = None, weight_until: float | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+               ) -> FKCResult:
+    """SMC over `shape[0]` weighted particles (n, *D) targeting, at eps, `q^beta` ("anneal", one
+    score), `q1 q2` ("product") or `q_u^(1-w) q_c^w` ("cfg", scores (s_u, s_c), w = guidance),
+    each normalised, of the models' eps-marginals.
+
+    `groups` splits the particles into that many contiguous, independent SMC populations (e.g.
+    one per prompt). NFE per particle: steps (anneal) or 2 steps (product, cfg). Stabilisers,
+    off by default and flagged by `info["biased"]`: `max_log_increment` clamps each step's
+    log-weight increment (biases toward the proposal); `weight_until=t_w` stops weighting below
+    t_w (the target becomes the one at t_w pushed through the uncorrected dynamics).
+    """
+    scores = [scores] if callable(scores) else list(scores)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (n, *D) with positive sizes, got {shape}")
+    a = _check_args(scores, mode, beta, guidance, resample, ess_threshold, groups, shape[0])
+    steps = check_positive_int(steps, "steps")
+    if not sde.is_linear:
+        raise ValueError(f"fkc_sample needs a linear process (div f independent of x); got "
+                         f"{type(sde).__name__}")
+    if max_log_increment is not None and not max_log_increment > 0:
+        raise ValueError(f"max_log_increment must be > 0 or None, got {max_log_increment!r}")
+    if weight_until is not None and not sde.eps <= weight_until <= sde.T:
+        raise ValueError(f"weight_until must lie in [eps, T], got {weight_until!r}")
+    if generator is not None and device is None:
+        device = generator.device
+    x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    counters = [CountingScore(s, shape[0], device=x.device) for s in scores]
+    start = time.perf_counter()
+    with torch.no_grad():
+        x, logw, info = fkc_loop(counters, mode, a, sde, x, time_grid(sde, steps, grid), groups,
+                                 resample, float(ess_threshold), final_resample,
+                                 max_log_increment, weight_until, generator)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    info = {"method": "fkc", "mode": mode, "wall_time": time.perf_counter() - start,
+            "score_calls": sum(c.calls for c in counters), **info}
+    return FKCResult(x, sum(c.counts for c in counters), info, log_weights=logw)
+
+
+def fkc_anneal(score: Score, sde: SDE, x: Tensor, *, steps: int = 500, beta: float = 2.0,
+               mode: str = "anneal", grid: str = "uniform", resample: str = "systematic",
+               ess_threshold: float = 0.5, final_resample: bool = True,
+               generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+    """`samplers.sample(method="fkc")`: the anneal mode (p^beta) of one score, resampled to equal
+    weights at the end. Product and CFG need several models: call `fkc_sample` directly."""
+    if mode != "anneal":
+        raise ValueError(f"method 'fkc' through samplers.sample supports mode='anneal' only, "
+                         f"got {mode!r}; for 'product'/'cfg' call samplers.fkc_sample")
+    a = _check_args([score], mode, beta, None, resample, ess_threshold, 1, x.shape[0])
+    x, logw, info = fkc_loop([score], mode, a, sde, x, time_grid(sde, steps, grid), 1, resample,
+                             float(ess_threshold), final_resample, None, None, generator)
+    return x, {**info, "log_weights": logw, "beta": a[0], "grid": grid}
+
