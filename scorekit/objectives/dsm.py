@@ -40,6 +40,19 @@ def batch_t(t: Tensor | float, x0: Tensor) -> Tensor:
     return torch.full((x0.shape[0],), float(t), dtype=x0.dtype, device=x0.device)
 
 
+def noised(obj, x0: Tensor, t: Tensor | float | None, noise: Tensor | None,
+           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(t, noise, x_t, sigma_t) for a batch x0: t drawn by `obj.sample_t` unless given (a float
+    is broadcast), noise drawn unless given, x_t = alpha_t x0 + sigma_t noise."""
+    if t is None:
+        t = obj.sample_t(x0.shape[0], generator, x0.device, x0.dtype)
+    t = batch_t(t, x0)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    alpha, sigma = obj.sde._marginal(t)
+    return t, noise, _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * noise, sigma
+
+
 def check_linear(sde: SDE, objective: str) -> None:
     """Raise unless `sde` has Gaussian transitions (closed-form alpha_t, sigma_t)."""
     if not sde.is_linear:
@@ -145,13 +158,7 @@ class DSM:
                    noise: Tensor | None = None, generator: torch.Generator | None = None
                    ) -> Tensor:
         """Per-sample losses (B,); `t` (B,) or a float fixes the time, `noise` fixes eps."""
-        if t is None:
-            t = self.sample_t(x0.shape[0], generator, x0.device, x0.dtype)
-        t = batch_t(t, x0)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        alpha, sigma = self.sde._marginal(t)
-        xt = _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * noise
+        t, noise, xt, sigma = noised(self, x0, t, noise, generator)
         resid = scaled_score(model, xt, t, sigma) + noise
         return self.weight(t) * reduce(resid, self.reduction)
 

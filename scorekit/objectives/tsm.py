@@ -30,6 +30,7 @@ from scorekit.objectives.dsm import (
     check_linear,
     check_reduction,
     check_t_range,
+    noised,
     reduce,
     scaled_score,
 )
@@ -140,13 +141,7 @@ class TSM:
                    noise: Tensor | None = None, generator: torch.Generator | None = None
                    ) -> Tensor:
         """Per-sample losses `||sigma_t model(x_t, t) - sigma_t target||^2`: (B,)."""
-        if t is None:
-            t = self.sample_t(x0.shape[0], generator, x0.device, x0.dtype)
-        t = batch_t(t, x0)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        alpha, sigma = self.sde._marginal(t)
-        xt = _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * noise
+        t, noise, xt, sigma = noised(self, x0, t, noise, generator)
         resid = scaled_score(model, xt, t, sigma) - self.scaled_target(x0, noise, t)
         return reduce(resid, self.reduction)
 
