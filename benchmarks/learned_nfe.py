@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import nfe_quality as nq  # noqa: E402
 from benchmarks._report import environment, markdown_table, nfe_at, write  # noqa: E402
 from scorekit.metrics import frechet_distance  # noqa: E402
 from scorekit.train import Trainer  # noqa: E402
@@ -26,14 +27,11 @@ from scorekit.train import Trainer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NFE_GRID = [10, 20, 35, 50, 100, 200, 500, 1000]
 QUICK_NFE = [20, 100]
-GGF_RTOLS = [0.1, 0.05, 0.02, 0.01]
 QUICK_RTOLS = [0.1]
-# label -> (samplers method, fixed options); "+tp": started at t* by Gaussian teleportation.
-METHODS = {"em": ("em", {}), "ggf": ("ggf", {}), "ggf_bridge": ("ggf", {"brownian": "bridge"}),
-           "heun_edm": ("heun", {"grid": "edm"}), "dpm_solver": ("dpm_solver", {})}
-for _label in ("em", "heun_edm", "dpm_solver"):
-    METHODS[f"{_label}+tp"] = (METHODS[_label][0], {**METHODS[_label][1], "teleport": True})
-TP_THRESH = 0.99
+# The exact-score benchmark's samplers ("+tp": started at t* by Gaussian teleportation).
+METHODS = {k: nq.METHODS[k] for k in ("em", "ggf", "ggf_bridge", "heun_edm", "dpm_solver",
+                                      "em+tp", "heun_edm+tp", "dpm_solver+tp")}
+TP_THRESH = nq.TP_THRESH
 
 
 def trained(experiment: str, run_dir: Path, overrides: list[str]) -> Trainer:
@@ -52,16 +50,10 @@ def configs(method: str, quick: bool) -> list[dict]:
     """Options per point: a tolerance grid for ggf, else the step count matching each NFE."""
     if method == "ggf":
         # Digits live in [-1, 1]: one quantisation level is 2/256 (the official VP abs_tol).
-        return [{"abs_tol": 2 / 256, "rel_tol": r} for r in (QUICK_RTOLS if quick else GGF_RTOLS)]
-    out = []
-    for nfe in QUICK_NFE if quick else NFE_GRID:
-        if method == "em":
-            out.append({"steps": nfe - 1})  # + Tweedie
-        elif method == "heun":
-            out.append({"steps": (nfe + 1) // 2})  # 2 steps - 1
-        elif nfe <= 200:  # multistep solvers saturate early
-            out.append({"steps": nfe})
-    return out
+        rtols = QUICK_RTOLS if quick else nq.GGF_RTOLS
+        return [{"abs_tol": 2 / 256, "rel_tol": r} for r in rtols]
+    grid = QUICK_NFE if quick else NFE_GRID
+    return [c for c in (nq.settings(method, nfe) for nfe in grid) if c is not None]
 
 
 def run(trainer: Trainer, methods: list[str], n: int, seeds: int, quick: bool) -> dict:

@@ -42,6 +42,12 @@ MODES = ("ode", "marginal", "conditional")
 ODE_METHODS = ("ode", "heun", "dpm_solver", "unipc", "euler_diffusers", "closed_form")
 
 
+def _eig_desc(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix, float64."""
+    lam, u = torch.linalg.eigh(0.5 * (cov + cov.T))
+    return lam.flip(0), u.flip(1)
+
+
 def _fingerprint(x: Tensor) -> str:
     """Content hash of a data tensor (shape, dtype and bytes), to key cached fits."""
     h = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}".encode())
@@ -70,8 +76,7 @@ class GaussianTeleport:
             raise ValueError("mean and cov must be finite")
         if not torch.allclose(cov, cov.T, rtol=1e-8, atol=1e-10 * float(cov.abs().max())):
             raise ValueError("cov must be symmetric")
-        lam, u = torch.linalg.eigh(0.5 * (cov + cov.T))
-        lam, u = lam.flip(0), u.flip(1)  # descending
+        lam, u = _eig_desc(cov)
         if float(lam[-1]) < -1e-8 * max(float(lam[0]), 1e-300):
             raise ValueError(f"cov must be positive semi-definite; smallest eigenvalue "
                              f"{float(lam[-1]):.3g}")
@@ -151,9 +156,8 @@ class GaussianTeleport:
         total_var /= n - 1
         if cov is not None:
             cov /= n - 1
-            lam, u = torch.linalg.eigh(0.5 * (cov + cov.T))
-            lam, u = lam.flip(0).clamp_min(0), u.flip(1)
-            lam, u = lam[:rank], u[:, :rank]
+            lam, u = _eig_desc(cov)
+            lam, u = lam[:rank].clamp_min(0), u[:, :rank]
         else:  # randomised PCA on the centred data, never forming the d x d matrix
             q = min(rank + 10, n, d)
             with torch.random.fork_rng(devices=[]):

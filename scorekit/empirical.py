@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from scorekit.sde import SDE
+from scorekit.sde import SDE, _per_sample
 
 __all__ = ["EmpiricalScore", "KERNELS"]
 
@@ -155,9 +155,9 @@ class EmpiricalScore(nn.Module):
         dtype = u.dtype if u.dtype in (torch.float32, torch.float64) else torch.float32
         if self.kernel != "auto":
             return self.kernel, u.dtype if self.kernel == "sdpa" else dtype
-        width = 8 * math.ceil((self.dim + 1) / 8)
+        keys, _, big_k = self._key_cache(dtype)
+        width = keys.shape[1]
         big_u = float(u.detach().norm(dim=1).max())
-        big_k = self._key_cache(dtype)[2]
         lam_min = float(lam.min())
         for dt in dict.fromkeys((u.dtype, dtype)):
             err = torch.finfo(dt).eps * math.sqrt(width) * big_k * (big_u + big_k / 2)
@@ -248,8 +248,7 @@ class EmpiricalScore(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Score (alpha m_s(x) - x) / sigma^2; x: (B, *D), t: (B,) -> (B, *D)."""
         alpha, sigma = self.sde._marginal(t.to(x.dtype))
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        return (alpha.reshape(shape) * self.denoise(x, t) - x) / sigma.reshape(shape) ** 2
+        return (_per_sample(alpha, x) * self.denoise(x, t) - x) / _per_sample(sigma, x) ** 2
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """Probability-flow velocity dx/dt = alpha' m + sigma' (x - alpha m) / sigma (the
@@ -259,11 +258,9 @@ class EmpiricalScore(nn.Module):
             alpha, sigma = self.sde._marginal(tt)
             d_alpha, d_sigma = (torch.autograd.grad(v.sum(), tt, retain_graph=True)[0]
                                 for v in (alpha, sigma))
-        alpha, sigma = alpha.detach(), sigma.detach()
-        shape = (-1,) + (1,) * (x.dim() - 1)
+        a, s = _per_sample(alpha.detach(), x), _per_sample(sigma.detach(), x)
         m = self.denoise(x, t)
-        a, s = alpha.reshape(shape), sigma.reshape(shape)
-        return d_alpha.reshape(shape) * m + d_sigma.reshape(shape) * (x - a * m) / s
+        return _per_sample(d_alpha, x) * m + _per_sample(d_sigma, x) * (x - a * m) / s
 
     def extra_repr(self) -> str:
         return (f"N={self.data.shape[0]}, d={self.dim}, smoothing={self.smoothing:g}, "

@@ -107,6 +107,7 @@ class Trainer:
         self.loss_history: list[float] = []  # mean loss of each log interval
         self.train_time = 0.0
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
+        self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
         if save_config:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
 
@@ -276,8 +277,10 @@ class Trainer:
             return options
         if use is not True and use != "true":
             raise ConfigError(f"sampler.teleport must be true or false, got {use!r}")
-        tp = samplers.GaussianTeleport.fit(self.data.train, self.sde, rank=rank,
-                                           cache=self.run_dir / "teleport.safetensors")
+        if rank not in self._teleports:  # fitted (or loaded from the cache) once per rank
+            self._teleports[rank] = samplers.GaussianTeleport.fit(
+                self.data.train, self.sde, rank=rank, cache=self.run_dir / "teleport.safetensors")
+        tp = self._teleports[rank]
         t_start = options.get("t_start", "auto")
         if t_start in ("auto", None):
             thresh = options.pop("teleport_thresh", 0.99)
