@@ -5,6 +5,16 @@ particles follow the reverse SDE dx = [-f + g^2 s_pi] dtau + g dW with s_pi = su
 carry d log w = G dtau, G = (sum_j a_j - 1) div f + 1/2 g^2 (|s_pi|^2 - sum_j a_j |s_j|^2); the
 drift coefficient g^2 (not g^2/2) removes every score-divergence term. Weights live in float64
 log space and are resampled when ESS / N drops below `ess_threshold`.
+
+The particles start from pi_T ∝ prod_j prior^{a_j}, i.e. the prior with its variance divided by
+A = sum_j a_j (the normalised pi_T when q_T is the prior), not from the prior itself: the
+weights only correct the path, so a wrong start would be a bias the weights never see. Langevin
+moves targeting pi_t (its score is exactly s_pi) after each step (`n_corrector`) re-spread the
+particles inside each mode; without them a particle's weight stays correlated along its slow
+path and the mode masses of one population scatter by several percentage points. The moves
+are Metropolis-adjusted (MALA) with the log-density ratio from the trapezoid rule of the score
+along the move, exact for Gaussian pi_t: unadjusted Langevin biased the mode masses by ~1
+percentage point at the default step size.
 """
 
 from __future__ import annotations
@@ -18,8 +28,9 @@ import torch
 from torch import Tensor
 
 from samplers.base import CountingScore, SampleResult, Score, time_grid
+from samplers.sde_solvers import langevin_step_size
 from scorekit._validate import check_positive_int
-from scorekit.sde import SDE
+from scorekit.sde import SDE, _per_sample
 
 MODES = ("anneal", "product", "cfg")
 RESAMPLERS = ("systematic", "multinomial", "stratified")
@@ -78,13 +89,52 @@ def _potential(mode: str, s: list[Tensor], g2: float, a: tuple[float, ...]) -> T
     return -0.5 * w * (1 - w) * g2 * (sq[1] - sq[0]).pow(2).sum(1)
 
 
+def _combined(s: Sequence[Tensor], a: tuple[float, ...]) -> Tensor:
+    """s_pi = sum_j a_j s_j."""
+    return s[0] * a[0] if len(s) == 1 else s[0] * a[0] + s[1] * a[1]
+
+
+def mala_move(scores: Sequence[Score], a: tuple[float, ...], x: Tensor, s: list[Tensor],
+              t: Tensor, snr: float, groups: int, generator: torch.Generator | None
+              ) -> tuple[Tensor, list[Tensor], Tensor]:
+    """One Metropolis-adjusted Langevin move on pi_t ∝ prod_j q_{j,t}^{a_j}; x: (B, *D), s: the
+    scores s_j at x. log pi(x') - log pi(x) is the trapezoid rule of s_pi along x -> x' (exact
+    for quadratic log pi, O(|x' - x|^3) otherwise). Returns (x, scores at x, accepted (B,))."""
+    s_pi = _combined(s, a)
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    step = langevin_step_size(s_pi, z, snr, "batch_mean", groups)
+    x_new = x + _per_sample(step, x) * s_pi + _per_sample(torch.sqrt(2 * step), x) * z
+    s_new = [score(x_new, t) for score in scores]
+    s_pi_new = _combined(s_new, a)
+    dx = (x_new - x).flatten(1).double()
+    log_pi = 0.5 * ((s_pi + s_pi_new).flatten(1).double() * dx).sum(1)
+    back = (-dx - step.double()[:, None] * s_pi_new.flatten(1).double()).pow(2).sum(1)
+    log_q = -back / (4 * step.double()) + 0.5 * z.flatten(1).double().pow(2).sum(1)
+    u = torch.rand(x.shape[0], generator=generator, dtype=torch.float64, device=x.device)
+    accept = torch.log(u) < log_pi + log_q
+    keep = _per_sample(accept, x)
+    return torch.where(keep, x_new, x), [torch.where(keep, vn, v) for v, vn in
+                                          zip(s, s_new, strict=True)], accept
+
+
+def log_z_prior(sde: SDE, a: tuple[float, ...], d: int) -> float:
+    """log ∫ prior^A dx in d dimensions (A = sum a_j): -(A-1) d/2 log(2 pi s^2) - d/2 log A,
+    the normaliser of pi_T when q_T is the prior N(0, s^2 I)."""
+    big_a = sum(a)
+    return -(big_a - 1) * d / 2 * math.log(2 * math.pi * sde.prior_std ** 2) \
+        - d / 2 * math.log(big_a)
+
+
 def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE, x: Tensor,
              ts: Tensor, groups: int, resample: str, ess_threshold: float,
              final_resample: bool, max_log_increment: float | None, weight_until: float | None,
-             generator: torch.Generator | None) -> tuple[Tensor, Tensor, dict]:
-    """Weighted-particle EM from x at ts[0] to ts[-1]; x: (B, *D), B = groups * N.
+             generator: torch.Generator | None, n_corrector: int = 0, snr: float = 0.16,
+             log_zt: float = 0.0) -> tuple[Tensor, Tensor, dict]:
+    """Weighted-particle EM from x ~ pi at ts[0] to ts[-1]; x: (B, *D), B = groups * N; after
+    each step (and any resampling) `n_corrector` MALA moves that leave pi_t invariant.
 
-    Returns (x, normalised log-weights (B,) float64, info). Inner code: inputs are valid.
+    Returns (x, normalised log-weights (B,) float64, info); `log_zt` is log Z at ts[0]. Inner
+    code: inputs are valid.
     """
     b = x.shape[0]
     n = b // groups
@@ -95,7 +145,9 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
     t_vec = ts.to(device=x.device, dtype=x.dtype)
     dev = x.device
     logw = torch.zeros(groups, n, dtype=torch.float64, device=dev)
-    log_z = torch.zeros(groups, dtype=torch.float64, device=dev)
+    log_z = torch.full((groups,), log_zt, dtype=torch.float64, device=dev)
+    accepted = torch.zeros((), dtype=torch.float64, device=dev)
+    s = None  # scores at (x, t_i) when the last move already computed them
     ancestors = torch.arange(b, device=dev)
     offset = (torch.arange(groups, device=dev) * n)[:, None]
     ess_trace, resampled = [], []
@@ -103,8 +155,9 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
     steps = len(h)
     for i in range(steps):
         t = t_vec[i].expand(b)
-        s = [score(x, t) for score in scores]
-        s_pi = s[0] * a[0] if len(s) == 1 else s[0] * a[0] + s[1] * a[1]
+        if s is None:
+            s = [score(x, t) for score in scores]
+        s_pi = _combined(s, a)
         if weight_until is None or float(ts[i]) >= weight_until:
             inc = h[i] * _potential(mode, s, g2[i], a)
             if max_log_increment is not None:
@@ -114,21 +167,29 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
             log_z = log_z + h[i] * (sum(a) - 1) * f_rate[i] * d
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev)
         x = x + h[i] * (g2[i] * s_pi - f_rate[i] * x) + (g2[i] * h[i]) ** 0.5 * z
+        s = None
         e = ess(logw)
         ess_trace.append(e)
         last = i == steps - 1
-        if last and not final_resample:
-            continue
-        do = torch.ones_like(e, dtype=torch.bool) if last else e < ess_threshold * n
-        resampled.append(do)
-        lse = torch.logsumexp(logw, dim=1)
-        idx = resample_indices(torch.softmax(logw, dim=1), resample, generator)
-        idx = torch.where(do[:, None], idx, torch.arange(n, device=dev)) + offset
-        # torch.where instead of a Python branch: no host sync on the decision.
-        x = x[idx.flatten()]
-        ancestors = ancestors[idx.flatten()]
-        log_z = torch.where(do, log_z + lse - lo_norm, log_z)
-        logw = torch.where(do[:, None], torch.zeros_like(logw), logw)
+        if not last or final_resample:
+            do = torch.ones_like(e, dtype=torch.bool) if last else e < ess_threshold * n
+            resampled.append(do)
+            lse = torch.logsumexp(logw, dim=1)
+            idx = resample_indices(torch.softmax(logw, dim=1), resample, generator)
+            idx = torch.where(do[:, None], idx, torch.arange(n, device=dev)) + offset
+            # torch.where instead of a Python branch: no host sync on the decision.
+            x = x[idx.flatten()]
+            ancestors = ancestors[idx.flatten()]
+            log_z = torch.where(do, log_z + lse - lo_norm, log_z)
+            logw = torch.where(do[:, None], torch.zeros_like(logw), logw)
+        if n_corrector:
+            # Weights stay as they are: the moves leave pi_{t_{i+1}} invariant. Their last
+            # scores are the next step's, so a move costs one evaluation.
+            t1 = t_vec[i + 1].expand(b)
+            s = [score(x, t1) for score in scores]
+            for _ in range(n_corrector):
+                x, s, acc = mala_move(scores, a, x, s, t1, snr, groups, generator)
+                accepted = accepted + acc.sum()
     lse = torch.logsumexp(logw, dim=1)
     log_z = log_z + lse - lo_norm
     logw = logw - lse[:, None]
@@ -144,13 +205,14 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
                              for k in range(groups)],
         "log_Z": log_z.cpu(),
         "biased": max_log_increment is not None or weight_until is not None,
+        "accept_rate": float(accepted) / max(1, b * steps * n_corrector),
     }
     return x, logw.flatten(), info
 
 
 def _check_args(scores: Sequence[Score], mode: str, beta: float, guidance: float | None,
-                resample: str, ess_threshold: float, groups: int, n: int
-                ) -> tuple[float, ...]:
+                resample: str, ess_threshold: float, groups: int, n: int, n_corrector: int,
+                snr: float) -> tuple[float, ...]:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
     if len(scores) != _N_SCORES[mode]:
@@ -162,6 +224,10 @@ def _check_args(scores: Sequence[Score], mode: str, beta: float, guidance: float
     if isinstance(ess_threshold, bool) or not 0 < float(ess_threshold) <= 1:
         raise ValueError(f"ess_threshold must lie in (0, 1], got {ess_threshold!r}")
     check_positive_int(groups, "groups")
+    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
+        raise ValueError(f"n_corrector must be an integer >= 0, got {n_corrector!r}")
+    if isinstance(snr, bool) or not (isinstance(snr, (int, float)) and 0 < snr < math.inf):
+        raise ValueError(f"snr must be a finite number > 0, got {snr!r}")
     if n % groups:
         raise ValueError(f"groups={groups} does not divide the number of particles {n}")
     if mode == "anneal":
@@ -179,17 +245,21 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
                mode: str = "anneal", beta: float = 2.0, guidance: float | None = None,
                steps: int = 500, resample: str = "systematic", ess_threshold: float = 0.5,
                generator: torch.Generator | None = None, groups: int = 1,
-               final_resample: bool = False, grid: str = "uniform",
-               max_log_increment: float | None = None, weight_until: float | None = None,
-               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
-               ) -> FKCResult:
+               final_resample: bool = False, grid: str = "uniform", n_corrector: int = 1,
+               snr: float = 0.16, max_log_increment: float | None = None,
+               weight_until: float | None = None, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> FKCResult:
     """SMC over `shape[0]` weighted particles (n, *D) targeting, at eps, `q^beta` ("anneal", one
     score), `q1 q2` ("product") or `q_u^(1-w) q_c^w` ("cfg", scores (s_u, s_c), w = guidance),
     each normalised, of the models' eps-marginals.
 
     `groups` splits the particles into that many contiguous, independent SMC populations (e.g.
-    one per prompt). NFE per particle: steps (anneal) or 2 steps (product, cfg). Stabilisers,
-    off by default and flagged by `info["biased"]`: `max_log_increment` clamps each step's
+    one per prompt). The particles start from the prior with its variance divided by
+    A = sum_j a_j (pi_T); after each step `n_corrector` Langevin moves on pi_t (step size from
+    `snr`, per population) re-spread them. NFE per particle: steps (1 + n_corrector) times the
+    number of scores (1 anneal, 2 product / cfg). `info["log_Z"]` estimates
+    log ∫ prod_j q_{j,eps}^{a_j}. Stabilisers, off by default and flagged by `info["biased"]`:
+    `max_log_increment` clamps each step's
     log-weight increment (biases toward the proposal); `weight_until=t_w` stops weighting below
     t_w (the target becomes the one at t_w pushed through the uncorrected dynamics).
     """
@@ -197,7 +267,8 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"shape must be (n, *D) with positive sizes, got {shape}")
-    a = _check_args(scores, mode, beta, guidance, resample, ess_threshold, groups, shape[0])
+    a = _check_args(scores, mode, beta, guidance, resample, ess_threshold, groups, shape[0],
+                    n_corrector, snr)
     steps = check_positive_int(steps, "steps")
     if not sde.is_linear:
         raise ValueError(f"fkc_sample needs a linear process (div f independent of x); got "
@@ -208,13 +279,15 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
         raise ValueError(f"weight_until must lie in [eps, T], got {weight_until!r}")
     if generator is not None and device is None:
         device = generator.device
-    x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    # pi_T ∝ prior^A is the prior with its variance divided by A.
+    x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype) / sum(a) ** 0.5
     counters = [CountingScore(s, shape[0], device=x.device) for s in scores]
     start = time.perf_counter()
     with torch.no_grad():
         x, logw, info = fkc_loop(counters, mode, a, sde, x, time_grid(sde, steps, grid), groups,
                                  resample, float(ess_threshold), final_resample,
-                                 max_log_increment, weight_until, generator)
+                                 max_log_increment, weight_until, generator, n_corrector,
+                                 float(snr), log_z_prior(sde, a, x[0].numel()))
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     info = {"method": "fkc", "mode": mode, "wall_time": time.perf_counter() - start,
@@ -224,15 +297,20 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
 
 def fkc_anneal(score: Score, sde: SDE, x: Tensor, *, steps: int = 500, beta: float = 2.0,
                mode: str = "anneal", grid: str = "uniform", resample: str = "systematic",
-               ess_threshold: float = 0.5, final_resample: bool = True,
-               generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+               ess_threshold: float = 0.5, final_resample: bool = True, n_corrector: int = 1,
+               snr: float = 0.16, generator: torch.Generator | None = None
+               ) -> tuple[Tensor, dict]:
     """`samplers.sample(method="fkc")`: the anneal mode (p^beta) of one score, resampled to equal
-    weights at the end. Product and CFG need several models: call `fkc_sample` directly."""
+    weights at the end. x: prior draws (n, *D), tempered here to pi_T. Product and CFG need
+    several models: call `fkc_sample` directly."""
     if mode != "anneal":
         raise ValueError(f"method 'fkc' through samplers.sample supports mode='anneal' only, "
                          f"got {mode!r}; for 'product'/'cfg' call samplers.fkc_sample")
-    a = _check_args([score], mode, beta, None, resample, ess_threshold, 1, x.shape[0])
-    x, logw, info = fkc_loop([score], mode, a, sde, x, time_grid(sde, steps, grid), 1, resample,
-                             float(ess_threshold), final_resample, None, None, generator)
+    a = _check_args([score], mode, beta, None, resample, ess_threshold, 1, x.shape[0],
+                    n_corrector, snr)
+    x, logw, info = fkc_loop([score], mode, a, sde, x / sum(a) ** 0.5,
+                             time_grid(sde, steps, grid), 1, resample, float(ess_threshold),
+                             final_resample, None, None, generator, n_corrector, float(snr),
+                             log_z_prior(sde, a, x[0].numel()))
     return x, {**info, "log_weights": logw, "beta": a[0], "grid": grid}
 

@@ -101,16 +101,24 @@ def _euler_maruyama_nonlinear(score: Score, sde: SDE, x: Tensor, ts: Tensor, den
     return x_mean if denoise == "mean" else x
 
 
-def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm: str,
-              generator: torch.Generator | None) -> Tensor:
-    """One Langevin corrector step, step size 2 a (snr |z| / |s|)^2 (Song et al. 2021, Alg. 4)."""
-    s = score(x, t)
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def langevin_step_size(s: Tensor, z: Tensor, snr: float, snr_norm: str = "batch_mean",
+                       groups: int = 1) -> Tensor:
+    """Step sizes (B,) 2 (snr |z| / |s|)^2 (Song et al. 2021, Alg. 4) for scores and noise
+    (B, *D); "batch_mean" uses the mean norms of each of `groups` contiguous blocks."""
     s_norm = s.flatten(1).norm(dim=1)
     z_norm = z.flatten(1).norm(dim=1)
-    if snr_norm == "batch_mean":  # score_sde: one step size for the batch
-        s_norm, z_norm = s_norm.mean().expand_as(s_norm), z_norm.mean().expand_as(z_norm)
-    step = 2 * a * (snr * z_norm / s_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
+    if snr_norm == "batch_mean":  # score_sde: one step size for the batch (here: per block)
+        s_norm = s_norm.view(groups, -1).mean(1).repeat_interleave(s.shape[0] // groups)
+        z_norm = z_norm.view(groups, -1).mean(1).repeat_interleave(s.shape[0] // groups)
+    return 2 * (snr * z_norm / s_norm.clamp_min(torch.finfo(s.dtype).tiny)) ** 2
+
+
+def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm: str,
+              generator: torch.Generator | None) -> Tensor:
+    """One Langevin corrector step, step size a * langevin_step_size."""
+    s = score(x, t)
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    step = a * langevin_step_size(s, z, snr, snr_norm)
     return x + _per_sample(step, x) * s + _per_sample(torch.sqrt(2 * step), x) * z
 
 

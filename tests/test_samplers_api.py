@@ -35,7 +35,7 @@ EXPECTED = {
     "unipc": ({}, 13),
     "euler_diffusers": ({}, 13),
     "closed_form": ({"denoise": "tweedie"}, 13 + 1),
-    "fkc": ({"beta": 2.0}, 13),
+    "fkc": ({"beta": 2.0}, 27),  # (1 predictor + 1 MALA move) per step, +1 first step
 }
 
 

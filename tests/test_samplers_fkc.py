@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import samplers
-from samplers.fkc import ess, resample_indices
+from samplers.fkc import ess, mala_move, resample_indices
 from scorekit.scores import GaussianScore, GMMScore
 from scorekit.sde import VPSDE
 
@@ -32,8 +32,8 @@ def _eps_moments(score):
     return w, m[:, 0], c[:, 0, 0]
 
 
-def _run(scores, mode, seed=0, **kw):
-    res = samplers.fkc_sample(scores, SDE_, (G * N, 1), mode=mode, steps=200, groups=G,
+def _run(scores, mode, seed=0, steps=200, **kw):
+    res = samplers.fkc_sample(scores, SDE_, (G * N, 1), mode=mode, steps=steps, groups=G,
                               dtype=torch.float64, generator=torch.Generator().manual_seed(seed),
                               **kw)
     return res, res.log_weights.exp().view(G, N), res.x.view(G, N)
@@ -70,19 +70,28 @@ def _assert_naive_off(x, mean, var):
 
 
 @pytest.mark.slow
-def test_fkc_anneal_gmm_mode_weights():
-    """p = 0.3 N(-2, 0.4^2) + 0.7 N(2, 0.4^2), beta = 2: the mass of x < 0 under p_eps^2,
-    by quadrature on a 20k-point grid (≈ 0.3^2 / (0.3^2 + 0.7^2) for separated equal-variance
-    modes), is recovered within 4 SE and 0.03; unweighted annealed-score EM is > 4 binomial SE
-    off."""
+@pytest.mark.parametrize("var, bar, naive_gap", [((0.16, 0.16), 0.03, 0.0),
+                                                ((0.09, 0.36), None, 0.03)])
+def test_fkc_anneal_gmm_mode_weights(var, bar, naive_gap):
+    """p = 0.3 N(-2, v1) + 0.7 N(2, v2), beta = 2: the mass of x < 0 under p_eps^2, by
+    quadrature on a 20k-point grid (≈ w_k^2 / sqrt(v_k), normalised, for separated modes), is
+    recovered by the pooled estimate within 4 SE. Equal variances (the spec's case): every
+    population of N = 4096 within 0.03, the issue's bar (benchmarks/fkc_anneal.py: SD over
+    populations 0.007 at the default 500 steps with one MALA move each, so 0.03 is > 4 SD); there
+    the unweighted annealed-score EM is only 0.013 off, but > 4 binomial SE. Unequal variances
+    (SD 0.011, so 0.03 is < 3 SD and not asserted per population): the unweighted sampler
+    misses by 0.11, more than 0.03."""
     p = GMMScore(torch.tensor([0.3, 0.7]), torch.tensor([[-2.0], [2.0]]),
-                 torch.full((2, 1, 1), 0.16), SDE_)
+                 torch.tensor(var)[:, None, None], SDE_)
     grid = torch.linspace(-8, 8, 20001, dtype=torch.float64)[:, None]
     logp = 2 * p.marginal_logp(grid, torch.full((20001,), SDE_.eps, dtype=torch.float64))
     ref = (torch.softmax(logp, 0) * (grid[:, 0] < 0)).sum().item()
-    res, w, x = _run(p, "anneal", beta=2.0)
-    mass, se = _pooled((w * (x < 0)).sum(1))
-    assert abs(mass - ref) <= min(4 * se, 0.03), f"mass {mass:.4f} vs {ref:.4f}, SE {se:.2g}"
+    res, w, x = _run(p, "anneal", beta=2.0, steps=500)
+    masses = (w * (x < 0)).sum(1)
+    if bar is not None:
+        assert (masses - ref).abs().max() <= bar, f"{masses} vs {ref:.4f}"
+    mass, se = _pooled(masses)
+    assert abs(mass - ref) <= 4 * se, f"mass {mass:.4f} vs {ref:.4f}, SE {se:.2g}"
     # left-mode variance: v_eps / beta for a Gaussian mode raised to beta
     _, _, c = _eps_moments(p)
     left = (x < 0).double()
@@ -90,9 +99,9 @@ def test_fkc_anneal_gmm_mode_weights():
     ml = (wl * x).sum(1, keepdim=True)
     var_l, var_se = _pooled((wl * (x - ml) ** 2).sum(1))
     assert abs(var_l - c[0].item() / 2) <= 4 * var_se
-    assert res.info["n_resample"] > 0 and res.info["ess"].shape == (200, G)
+    assert res.info["n_resample"] > 0 and res.info["ess"].shape == (500, G)
     naive = (_naive(lambda x, t: 2.0 * p(x, t)) < 0).double().mean().item()
-    assert abs(naive - ref) > 4 * math.sqrt(ref * (1 - ref) / (G * N)), naive
+    assert abs(naive - ref) > max(naive_gap, 4 * math.sqrt(ref * (1 - ref) / (G * N))), naive
 
 
 @pytest.mark.slow
@@ -105,7 +114,7 @@ def test_fkc_product_gaussians():
     mean = (var * (m1 / c1 + m2 / c2)).item()
     res, w, x = _run([q1, q2], "product")
     _check_moments(w, x, mean, var.item())
-    assert res.nfe == 2 * 200
+    assert res.nfe == 2 * (200 * 2 + 1)  # two scores; per step a move + a predictor
     _assert_naive_off(_naive(lambda x, t: q1(x, t) + q2(x, t)), mean, var.item())
 
 
@@ -137,7 +146,7 @@ def test_fkc_cfg_geometric_mixture():
     mean = (var * ((1 - gw) * mu / cu + gw * mc / cc)).item()
     res, w, x = _run([qu, qc], "cfg", guidance=gw)
     _check_moments(w, x, mean, var.item())
-    assert res.nfe == 2 * 200
+    assert res.nfe == 2 * (200 * 2 + 1)
     _assert_naive_off(_naive(lambda x, t: (1 - gw) * qu(x, t) + gw * qc(x, t)), mean, var.item())
 
 
@@ -166,21 +175,45 @@ def test_systematic_variance_below_multinomial():
     assert (var("systematic") <= var("multinomial")).all()
 
 
+def test_mala_move_keeps_gaussian_at_large_steps():
+    """pi = N(1, 0.5^2): its log density is quadratic, so the trapezoid log-ratio is exact and
+    MALA keeps pi at snr = 1 (step ≈ 2 var, where unadjusted Langevin's stationary variance is
+    var / (1 - step / (4 var)) ≈ 2 var). Mean and variance of 2e4 particles after 10 moves
+    within 4 SE."""
+    m, v, n = 1.0, 0.25, 20_000
+    score = lambda x, t: -(x - m) / v
+    gen = torch.Generator().manual_seed(0)
+    x = m + v**0.5 * torch.randn(n, 1, dtype=torch.float64, generator=gen)
+    t = torch.full((n,), 0.5, dtype=torch.float64)
+    s = [score(x, t)]
+    rate = 0.0
+    for _ in range(10):
+        x, s, acc = mala_move([score], (1.0,), x, s, t, 1.0, 1, gen)
+        rate += acc.double().mean().item() / 10
+    assert torch.allclose(s[0], score(x, t))  # the returned scores belong to the moved x
+    assert abs(x.mean().item() - m) <= 4 * math.sqrt(v / n)
+    assert abs(x.var().item() / v - 1) <= 4 * math.sqrt(2 / n)
+    assert 0.2 < rate < 1.0  # the step is large enough for rejections to matter
+
+
 def test_ess_log_space():
     e = ess(torch.tensor([1000.0, 1000.0, -math.inf]))
     assert math.isfinite(e.item()) and e.item() == pytest.approx(2.0, abs=1e-12)
 
 
 def test_nfe_info_and_method_path():
-    """anneal costs 1 NFE per step and particle; method='fkc' of samplers.sample returns equal
-    weights after the final resample; info carries the ESS trace and resampling events."""
+    """anneal costs 1 + n_corrector NFE per step and particle (+1 for the first predictor when
+    moves reuse their scores); method='fkc' of samplers.sample returns equal weights after the
+    final resample; info carries the ESS trace."""
     q = _gauss(0.0, 0.5)
-    res = samplers.fkc_sample(q, SDE_, (64, 1), steps=10, generator=torch.Generator())
+    assert samplers.fkc_sample(q, SDE_, (64, 1), steps=10).nfe == 21
+    res = samplers.fkc_sample(q, SDE_, (64, 1), steps=10, n_corrector=0,
+                              generator=torch.Generator())
     assert res.nfe == 10 and res.info["ess"].shape == (10,) and res.log_weights.dtype == \
         torch.float64
     assert torch.logsumexp(res.log_weights, 0).item() == pytest.approx(0.0, abs=1e-9)
-    out = samplers.sample(q, SDE_, (64, 1), method="fkc", steps=10, beta=2.0)
-    assert out.nfe == 10
+    out = samplers.sample(q, SDE_, (64, 1), method="fkc", steps=10, beta=2.0, n_corrector=2)
+    assert out.nfe == 31
     assert torch.allclose(out.info["log_weights"], torch.full((64,), -math.log(64),
                                                               dtype=torch.float64))
     with pytest.raises(ValueError, match="mode='anneal' only"):
@@ -199,6 +232,8 @@ def test_nfe_info_and_method_path():
     ({"shape": (4,)}, "shape must be"),
     ({"groups": 3}, "groups=3"),
     ({"max_log_increment": -1.0}, "max_log_increment"),
+    ({"n_corrector": -1}, "n_corrector"),
+    ({"snr": 0.0}, "snr must be"),
 ])
 def test_bad_arguments_named(kwargs, match):
     kw = {"shape": (4, 1), **kwargs}
