@@ -255,13 +255,15 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
 
     `groups` splits the particles into that many contiguous, independent SMC populations (e.g.
     one per prompt). The particles start from the prior with its variance divided by
-    A = sum_j a_j (pi_T); after each step `n_corrector` Langevin moves on pi_t (step size from
-    `snr`, per population) re-spread them. NFE per particle: steps (1 + n_corrector) times the
-    number of scores (1 anneal, 2 product / cfg). `info["log_Z"]` estimates
-    log ∫ prod_j q_{j,eps}^{a_j}. Stabilisers, off by default and flagged by `info["biased"]`:
-    `max_log_increment` clamps each step's
-    log-weight increment (biases toward the proposal); `weight_until=t_w` stops weighting below
-    t_w (the target becomes the one at t_w pushed through the uncorrected dynamics).
+    A = sum_j a_j (pi_T); after each step `n_corrector` MALA moves on pi_t (step size from `snr`,
+    per population) re-spread them. NFE per particle: steps (1 + n_corrector) times the number
+    of scores (1 anneal, 2 product / cfg), plus one per score for the first step when moves are
+    on. `info["log_Z"]` estimates log ∫ prod_j q_{j,eps}^{a_j}, with an O(h) time-discretisation
+    bias (product of two 1-D Gaussians: +0.17 at 200 steps, +0.04 at 1000); `info["accept_rate"]`
+    is the moves' acceptance. Stabilisers, off by default and flagged by `info["biased"]`:
+    `max_log_increment` clamps each step's log-weight increment (biases toward the proposal);
+    `weight_until=t_w` stops weighting below t_w (the target becomes the one at t_w pushed
+    through the uncorrected dynamics).
     """
     scores = [scores] if callable(scores) else list(scores)
     shape = tuple(int(s) for s in shape)
