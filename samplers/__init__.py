@@ -13,7 +13,18 @@ from typing import Any
 
 import torch
 
-from samplers.base import CountingScore, SampleResult, Score, time_grid, tweedie
+from samplers.base import (
+    CountingScore,
+    FiniteGuard,
+    NonFiniteError,
+    SampleResult,
+    Score,
+    check_device_dtype,
+    check_shape,
+    check_x_init,
+    time_grid,
+    tweedie,
+)
 from samplers.closed_form import closed_form
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
@@ -21,6 +32,7 @@ from samplers.ggf import gotta_go_fast
 from samplers.likelihood import bits_per_dim, log_likelihood
 from samplers.ode import heun, probability_flow
 from samplers.sde_solvers import euler_maruyama, predictor_corrector
+from samplers.stream import load_samples, sample_to_disk
 from samplers.teleport import MODES as TELEPORT_MODES
 from samplers.teleport import ODE_METHODS, GaussianTeleport
 from scorekit._validate import accepted_kwargs, check_positive_int
@@ -28,7 +40,7 @@ from scorekit.sde import SDE
 
 __all__ = ["sample", "available", "register", "SampleResult", "CountingScore", "time_grid",
            "tweedie", "log_likelihood", "bits_per_dim", "GaussianTeleport", "fkc_sample",
-           "FKCResult"]
+           "FKCResult", "NonFiniteError", "FiniteGuard", "sample_to_disk", "load_samples"]
 
 _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "em": euler_maruyama,
@@ -57,7 +69,8 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
            x_init: torch.Tensor | None = None, teleport: GaussianTeleport | None = None,
            t_start: float | str | None = None, teleport_mode: str | None = None,
-           teleport_thresh: float = 0.99, **options: Any) -> SampleResult:
+           teleport_thresh: float = 0.99, check_finite: bool = True,
+           **options: Any) -> SampleResult:
     """Draw `shape[0]` samples by integrating the reverse process from the prior at T to eps.
 
     `steps` defaults to the method's own default; `options` go to the method (e.g. `snr` for
@@ -72,6 +85,10 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     up the score is explained by the Gaussian's to that fraction, probed on the Gaussian's own
     marginal draws (32 t x 512 evaluations, reported in `info`, not in the per-sample NFE).
     Without a teleport, `t_start` needs `x_init`, taken to be a draw at t_start.
+
+    check_finite: stop with `NonFiniteError` (naming the evaluation step, t and the fraction of
+    bad entries) as soon as the score returns NaN/inf, and check the final samples; see
+    `FiniteGuard` for its cost (one reduction per evaluation, no per-step sync on GPU).
     """
     if method not in _METHODS:
         raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
@@ -85,19 +102,14 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
             if key not in valid or key in ("score", "sde", "x", "steps", "generator"):
                 opts = [v for v in valid if v not in ("score", "sde", "x", "steps", "generator")]
                 raise ValueError(f"unknown option {key!r} for sampler {method!r}; valid: {opts}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be (n, *D) with positive sizes, got {shape}")
+    shape = check_shape(shape)
     if steps is not None:
         options["steps"] = check_positive_int(steps, "steps")
-    if generator is not None and device is None:
-        device = generator.device
+    device = check_device_dtype(generator, device, dtype)
     if x_init is None:
         x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
     else:
-        if tuple(x_init.shape) != shape:
-            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
-        x = x_init.to(dtype=dtype)
+        x = check_x_init(x_init, shape, device, dtype)
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     if teleport is not None or t_start is not None:
@@ -105,9 +117,12 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
             x, extra = _teleport(score, sde, x, method, fn, teleport, t_start, teleport_mode,
                                  teleport_thresh, generator, options, x_init is not None)
         options["t_start"] = extra["t_start"]
-    counter = CountingScore(score, shape[0], device=x.device)
+    guard = FiniteGuard() if check_finite else None
+    counter = CountingScore(score, shape[0], device=x.device, guard=guard)
     with torch.no_grad():
         out, info = fn(counter, sde, x, generator=generator, **options)
+    if guard is not None:
+        guard.final(out, counter.calls)
     if out.is_cuda:
         torch.cuda.synchronize(out.device)
     info = {"method": method, "wall_time": time.perf_counter() - start,

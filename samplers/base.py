@@ -3,6 +3,8 @@ and the Tweedie denoising step."""
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,17 +32,100 @@ class SampleResult:
         return float(self.nfe_per_sample.double().mean())
 
 
+class NonFiniteError(FloatingPointError):
+    """Sampling met NaN/inf: `step` (the score evaluation, 1-based, that returned them; for the
+    fixed-step methods with one evaluation per step this is the step), its `t` and the
+    `fraction` of bad entries."""
+
+    def __init__(self, what: str, step: int, t: tuple[float, float] | None, bad: int,
+                 total: int, final: bool = False):
+        self.step, self.bad, self.total = step, bad, total
+        self.fraction = bad / total
+        self.t = None if t is None else (t[0] if t[0] == t[1] else t)
+        when = "" if t is None else (f", t={t[0]:.6g}" if t[0] == t[1]
+                                     else f", t in [{t[0]:.6g}, {t[1]:.6g}]")
+        where = (f"after the last step (evaluation step {step})" if final
+                 else f"at evaluation step {step}{when}")
+        super().__init__(f"non-finite {what} {where}: "
+                         f"{bad} of {total} entries ({100 * self.fraction:.3g}%) are NaN/inf; "
+                         f"the score diverged or the step size is too large for it")
+
+
+def _t_range(t: Tensor | None) -> tuple[float, float] | None:
+    if t is None or t.numel() == 0:
+        return None
+    return float(t.min()), float(t.max())
+
+
+class FiniteGuard:
+    """Stops sampling at the first score evaluation that returns NaN/inf.
+
+    On CPU each evaluation is checked at once with one reduction, a sum (no device to wait
+    for; 3 us for 2e4 floats, against 90 us for `isfinite().all()`). On other devices reading a
+    flag is a host sync, so each check is queued as a 0-dim count of bad entries on the device
+    and the queue is read every `every` evaluations and at the end: one sync per window
+    instead of one per step (`defer` forces either behaviour). Either way the error names the
+    first bad evaluation, its t and its fraction of bad entries (and, checked at once, the t of
+    the bad samples only).
+    """
+
+    def __init__(self, every: int = 64, defer: bool | None = None):
+        self.every, self.defer = every, defer
+        self._queue: list[tuple[int, Tensor | None, Tensor, int]] = []
+
+    def __call__(self, v: Tensor, t: Tensor | None, step: int, what: str = "score") -> None:
+        defer = v.device.type != "cpu" if self.defer is None else self.defer
+        if not defer:
+            # A sum is non-finite iff an entry is (or finite entries overflow it, which the
+            # exact mask below tells apart); on CPU it is ~10x cheaper than isfinite().all().
+            if not math.isfinite(float(v.sum())):
+                bad = torch.isfinite(v).logical_not()
+                if not bool(bad.any()):
+                    return
+                if t is not None and v.dim() > 1 and t.shape[:1] == v.shape[:1]:
+                    t = t[bad.flatten(1).any(1)]  # the bad samples' times
+                raise NonFiniteError(what, step, _t_range(t), int(bad.sum()), v.numel())
+            return
+        self._queue.append((step, t, torch.isfinite(v).logical_not().sum(), v.numel()))
+        if len(self._queue) >= self.every:
+            self.flush(what)
+
+    def flush(self, what: str = "score") -> None:
+        """Read the queued counts (one host sync) and raise for the first bad evaluation."""
+        if not self._queue:
+            return
+        queue, self._queue = self._queue, []
+        counts = torch.stack([q[2] for q in queue]).cpu()
+        bad = counts.nonzero()
+        if bad.numel():
+            step, t, _, total = queue[int(bad[0, 0])]
+            raise NonFiniteError(what, step, _t_range(t), int(counts[bad[0, 0]]), total)
+
+    def final(self, x: Tensor, step: int) -> None:
+        """Check the returned samples (NaN/inf made by a step from a finite score)."""
+        self.flush()
+        if math.isfinite(float(x.sum())):
+            return
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise NonFiniteError("samples", step, None, int(finite.logical_not().sum()),
+                                 x.numel(), final=True)
+
+
 class CountingScore:
     """Wrap a score so that every call adds one evaluation to each sample it was given.
 
     `rows` (an index tensor into the full batch) lets solvers that evaluate a subset of samples
     charge only those. Counts live on the sample device; reading them is the caller's choice.
+    `guard` (a `FiniteGuard`, or None for no check) sees every score output.
     """
 
-    def __init__(self, score: Score, n: int, device: torch.device | str | None = None):
+    def __init__(self, score: Score, n: int, device: torch.device | str | None = None,
+                 guard: FiniteGuard | None = None):
         self.score = score
         self.counts = torch.zeros(n, dtype=torch.int64, device=device)
         self.calls = 0
+        self.guard = guard
 
     def __call__(self, x: Tensor, t: Tensor, rows: Tensor | None = None) -> Tensor:
         if rows is None:
@@ -51,7 +136,63 @@ class CountingScore:
         else:
             self.counts.index_add_(0, rows, torch.ones_like(rows, dtype=torch.int64))
         self.calls += 1
-        return self.score(x, t)
+        s = self.score(x, t)
+        if self.guard is not None:
+            self.guard(s, t, self.calls)
+        return s
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape` as a tuple of ints (n, *D) with positive sizes, else ValueError naming it."""
+    try:
+        if isinstance(shape, bool) or any(isinstance(s, bool) for s in shape):
+            raise TypeError
+        dims = tuple(operator.index(s) for s in shape)  # ints, numpy / torch integers
+    except TypeError:
+        raise ValueError(f"shape must be (n, *D) with positive integer sizes, got "
+                         f"{shape!r}") from None
+    if len(dims) < 2 or any(s < 1 for s in dims):
+        raise ValueError(f"shape must be (n, *D) with positive integer sizes, got {shape!r}")
+    return dims
+
+
+def check_device_dtype(generator: torch.Generator | None, device: torch.device | str | None,
+                       dtype: torch.dtype) -> torch.device | str | None:
+    """Validate the sampling dtype and that `generator` lives on `device`; returns the device
+    to sample on (the generator's when `device` is None)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), "
+                         f"got {dtype!r}")
+    if generator is None:
+        return device
+    if device is None:
+        return generator.device
+    if not _same_device(torch.device(device), generator.device):
+        raise ValueError(f"generator is on {generator.device} but device={device!s}; pass a "
+                         f"generator created on the sampling device")
+    return device
+
+
+def check_x_init(x_init: Tensor, shape: tuple[int, ...], device: torch.device | str | None,
+                 dtype: torch.dtype) -> Tensor:
+    """A user-given start point: right shape, on `device` (never moved), finite; cast to dtype."""
+    if not isinstance(x_init, Tensor):
+        raise TypeError(f"x_init must be a tensor, got {type(x_init).__name__}")
+    if tuple(x_init.shape) != shape:
+        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
+    if device is not None and not _same_device(torch.device(device), x_init.device):
+        raise ValueError(f"x_init is on {x_init.device} but device={device!s}; samplers do not "
+                         f"move data between devices")
+    x = x_init.to(dtype=dtype)
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise ValueError(f"x_init has {int(finite.logical_not().sum())} non-finite entries "
+                         f"(after the cast to {dtype})")
+    return x
 
 
 def time_grid(sde: SDE, steps: int, kind: str = "uniform", t_start: float | None = None,

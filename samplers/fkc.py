@@ -27,7 +27,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from samplers.base import CountingScore, SampleResult, Score, time_grid
+from samplers.base import (
+    CountingScore,
+    FiniteGuard,
+    SampleResult,
+    Score,
+    check_device_dtype,
+    check_shape,
+    time_grid,
+)
 from samplers.sde_solvers import langevin_step_size
 from scorekit._validate import check_positive_int
 from scorekit.sde import SDE, _per_sample
@@ -248,7 +256,7 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
                final_resample: bool = False, grid: str = "uniform", n_corrector: int = 1,
                snr: float = 0.16, max_log_increment: float | None = None,
                weight_until: float | None = None, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> FKCResult:
+               dtype: torch.dtype = torch.float32, check_finite: bool = True) -> FKCResult:
     """SMC over `shape[0]` weighted particles (n, *D) targeting, at eps, `q^beta` ("anneal", one
     score), `q1 q2` ("product") or `q_u^(1-w) q_c^w` ("cfg", scores (s_u, s_c), w = guidance),
     each normalised, of the models' eps-marginals.
@@ -263,12 +271,10 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
     is the moves' acceptance. Stabilisers, off by default and flagged by `info["biased"]`:
     `max_log_increment` clamps each step's log-weight increment (biases toward the proposal);
     `weight_until=t_w` stops weighting below t_w (the target becomes the one at t_w pushed
-    through the uncorrected dynamics).
+    through the uncorrected dynamics). `check_finite` as in `samplers.sample`.
     """
     scores = [scores] if callable(scores) else list(scores)
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be (n, *D) with positive sizes, got {shape}")
+    shape = check_shape(shape)
     a = _check_args(scores, mode, beta, guidance, resample, ess_threshold, groups, shape[0],
                     n_corrector, snr)
     steps = check_positive_int(steps, "steps")
@@ -279,17 +285,19 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
         raise ValueError(f"max_log_increment must be > 0 or None, got {max_log_increment!r}")
     if weight_until is not None and not sde.eps <= weight_until <= sde.T:
         raise ValueError(f"weight_until must lie in [eps, T], got {weight_until!r}")
-    if generator is not None and device is None:
-        device = generator.device
+    device = check_device_dtype(generator, device, dtype)
     # pi_T ∝ prior^A is the prior with its variance divided by A.
     x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype) / sum(a) ** 0.5
-    counters = [CountingScore(s, shape[0], device=x.device) for s in scores]
+    guard = FiniteGuard() if check_finite else None
+    counters = [CountingScore(s, shape[0], device=x.device, guard=guard) for s in scores]
     start = time.perf_counter()
     with torch.no_grad():
         x, logw, info = fkc_loop(counters, mode, a, sde, x, time_grid(sde, steps, grid), groups,
                                  resample, float(ess_threshold), final_resample,
                                  max_log_increment, weight_until, generator, n_corrector,
                                  float(snr), log_z_prior(sde, a, x[0].numel()))
+    if guard is not None:
+        guard.final(x, max(c.calls for c in counters))
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     info = {"method": "fkc", "mode": mode, "wall_time": time.perf_counter() - start,

@@ -328,6 +328,9 @@ class GaussianTeleport:
         tv = torch.full((xt.shape[0],), float(t), dtype=dt, device=dev)
         with torch.no_grad():
             s = score(xt.to(device=dev, dtype=dt), tv).double().cpu().flatten(1)
+        if not bool(torch.isfinite(s).all()):
+            raise FloatingPointError(f"the score returned NaN/inf at t={float(t):.6g} while "
+                                     f"probing t_start (explained variance)")
         s_g = self.score(xt, tv.double().cpu()).flatten(1)
         return float(1 - (s - s_g).pow(2).sum() / s.pow(2).sum().clamp_min(1e-300))
 

@@ -36,3 +36,37 @@ def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def check_score_input(x: Any, t: Any, dim: int, sde: Any, device: Any,
+                      t_min: float | None = None) -> None:
+    """Boundary checks of a closed-form score's `(x, t)`: x (B, *D) floating with `dim`
+    elements per sample on the score's `device`; t (B,) floating on the same device, in
+    [t_min, T] (t_min defaults to sde.eps; 0 where the t = 0 law is regular). The range is
+    checked for CPU tensors only: on an accelerator reading it back would cost a host sync per
+    call (the samplers' NaN guard catches what an out-of-range t causes)."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or not isinstance(t, torch.Tensor):
+        raise TypeError(f"score(x, t) takes tensors, got {type(x).__name__}, "
+                        f"{type(t).__name__}")
+    if x.dim() < 2 or x[0].numel() != dim:
+        raise ValueError(f"x has {x[0].numel() if x.dim() else 0} elements per sample, score "
+                         f"expects d={dim} (x shape {tuple(x.shape)})")
+    if t.dim() != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"t must have shape (B={x.shape[0]},), got {tuple(t.shape)}")
+    if not x.dtype.is_floating_point or not t.dtype.is_floating_point:
+        raise ValueError(f"x and t must be floating point, got {x.dtype} and {t.dtype}")
+    if x.device != device or t.device != device:
+        raise ValueError(f"x is on {x.device} and t on {t.device}, the score's tensors on "
+                         f"{device}; move the score with .to(device) (no implicit copies)")
+    if t.device.type != "cpu" or t.numel() == 0:
+        return
+    from scorekit.sde import _T_SLACK
+
+    lo = sde.eps if t_min is None else t_min
+    t_lo, t_hi = torch.aminmax(t)  # NaN fails both comparisons
+    if not (lo * (1 - _T_SLACK) <= float(t_lo) and float(t_hi) <= sde.T * (1 + _T_SLACK)):
+        bad = (t < lo * (1 - _T_SLACK)) | (t > sde.T * (1 + _T_SLACK)) | torch.isnan(t)
+        raise ValueError(f"t={float(t[bad][0]):.6g} is outside [{lo:g}, T={sde.T:g}] for the "
+                         f"score under {type(sde).__name__}")

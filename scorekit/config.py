@@ -32,6 +32,8 @@ class TrainerConfig:
     log_every: int = 50
     resume: Any = False  # false | true (this run dir) | path to a run dir or checkpoint file
     progress: bool = True
+    skip_nonfinite: int = 0  # batches with a NaN/inf loss to skip (and log) before stopping
+    allow_pickle: bool = False  # load pickle (.pt) checkpoints with torch.load(weights_only)
 
 
 @dataclass
@@ -106,6 +108,11 @@ def _check_values(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "ckpt_every", "log_every"):
         _require(t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
     _require(t.warmup >= 0, "trainer.warmup", t.warmup, ">= 0")
+    _require(t.skip_nonfinite >= 0, "trainer.skip_nonfinite", t.skip_nonfinite,
+             "an integer >= 0")
+    _require(t.weight_decay >= 0, "trainer.weight_decay", t.weight_decay, ">= 0")
+    _require(isinstance(t.resume, (bool, str)) or t.resume is None, "trainer.resume", t.resume,
+             "true, false or a path")
     _require(t.lr > 0, "trainer.lr", t.lr, "> 0")
     _require(0 <= t.ema_decay < 1, "trainer.ema_decay", t.ema_decay, "in [0, 1)")
     _require(t.grad_clip is None or t.grad_clip > 0, "trainer.grad_clip", t.grad_clip,

@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from scorekit._validate import check_score_input
 from scorekit.sde import SDE, _per_sample
 
 __all__ = ["EmpiricalScore", "KERNELS"]
@@ -229,11 +230,7 @@ class EmpiricalScore(nn.Module):
     def denoise(self, x: Tensor, t: Tensor) -> Tensor:
         """Smoothed posterior mean m_s(x) = E[x0 | x_t = x] (averaged over the noise bank);
         x: (B, *D), t: (B,) -> (B, *D)."""
-        if x[0].numel() != self.dim:
-            raise ValueError(
-                f"x has {x[0].numel()} elements per sample, score expects d={self.dim}")
-        if t.dim() != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(f"t must have shape (B={x.shape[0]},), got {tuple(t.shape)}")
+        check_score_input(x, t, self.dim, self.sde, self.data.device)
         b, d = x.shape[0], self.dim
         alpha, sigma = self.sde._marginal(t.to(x.dtype))
         rows = x.reshape(b, d)
@@ -247,8 +244,9 @@ class EmpiricalScore(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Score (alpha m_s(x) - x) / sigma^2; x: (B, *D), t: (B,) -> (B, *D)."""
+        m = self.denoise(x, t)  # validates x and t
         alpha, sigma = self.sde._marginal(t.to(x.dtype))
-        return (_per_sample(alpha, x) * self.denoise(x, t) - x) / _per_sample(sigma, x) ** 2
+        return (_per_sample(alpha, x) * m - x) / _per_sample(sigma, x) ** 2
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """Probability-flow velocity dx/dt = alpha' m + sigma' (x - alpha m) / sigma (the

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from scorekit._validate import check_score_input
 from scorekit.empirical import EmpiricalScore
 from scorekit.sde import SDE
 
@@ -76,11 +77,8 @@ class GMMScore(nn.Module):
 
     def _terms(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-component log densities (B, K), eigen-coordinates y (B, K, d) and variances c."""
-        if x[0].numel() != self.dim:
-            raise ValueError(
-                f"x has {x[0].numel()} elements per sample, score expects d={self.dim}")
-        if t.dim() != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(f"t must have shape (B={x.shape[0]},), got {tuple(t.shape)}")
+        # t = 0 is the data law itself: regular for these closed forms
+        check_score_input(x, t, self.dim, self.sde, self.means.device, t_min=0.0)
         dt = x.dtype
         xf = x.reshape(x.shape[0], 1, self.dim)
         alpha, sigma = self.sde._marginal(t.to(dt))

@@ -84,8 +84,11 @@ class SDE(ABC):
         if t.dim() != 1:
             raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
         lo, hi = self.eps * (1 - _T_SLACK), self.T * (1 + _T_SLACK)
-        bad = (t < lo) | (t > hi) | torch.isnan(t)
-        if bool(bad.any()):
+        if t.numel() == 0:
+            return t
+        t_min, t_max = torch.aminmax(t)  # one pass; NaN propagates and fails both comparisons
+        if not (lo <= float(t_min) and float(t_max) <= hi):
+            bad = (t < lo) | (t > hi) | torch.isnan(t)
             val = t[bad][0].item()
             raise ValueError(
                 f"{name}={val:.6g} is outside [eps, T] = [{self.eps:g}, {self.T:g}] for "

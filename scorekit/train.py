@@ -1,9 +1,12 @@
 """Trainer: data -> process -> objective -> network -> checkpoint -> sampler -> metrics/plot.
 
 `Trainer(cfg, run_dir).run()` trains with Adam, EMA and gradient clipping, writes atomic
-safetensors checkpoints (`checkpoints/last.safetensors`) holding model, EMA, optimizer and RNG
-state, resumes bit-for-bit from them, and finishes by sampling and writing `samples.png` and
-`metrics.json` to the run directory. `model=closed_form` builds an `EmpiricalScore` from the
+safetensors checkpoints (`checkpoints/last.safetensors`, the one before kept as
+`prev.safetensors`) holding model, EMA, optimizer and RNG state, resumes bit-for-bit from them
+(from `prev` with a warning when `last` is missing or corrupted), and finishes by sampling and
+writing `samples.png` and `metrics.json` to the run directory. A non-finite loss stops training
+with an error naming the step before anything is checkpointed; `trainer.skip_nonfinite=N`
+skips up to N such batches instead. `model=closed_form` builds an `EmpiricalScore` from the
 training data instead of a network: nothing is trained and the checkpoint holds the data.
 """
 
@@ -12,7 +15,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from scorekit.sde import make_sde
 # Sections whose values must agree between a checkpoint and the config that loads it.
 _MODEL_DEFINING = ("data", "sde", "model")
 CKPT_NAME = "last.safetensors"
+PREV_NAME = "prev.safetensors"  # the checkpoint before `last`, kept for a corrupted `last`
 CLOSED_FORM = "closed_form"  # model name of the training-free EmpiricalScore
 
 
@@ -105,16 +111,29 @@ class Trainer:
         self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.loss_history: list[float] = []  # mean loss of each log interval
+        self.skipped: list[int] = []  # steps whose batch had a non-finite loss (skip_nonfinite)
+        self._losses: list[torch.Tensor] = []  # losses since the last log (checkpointed too)
         self.train_time = 0.0
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
         self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
         if save_config:
-            OmegaConf.save(cfg, self.run_dir / "config.yaml")
+            ckpt.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
     # --- checkpoints ---------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
         return self.run_dir / "checkpoints" / CKPT_NAME
+
+    @staticmethod
+    def _checkpoint_file(path: str | Path) -> Path:
+        """A checkpoint file, or a run dir's `checkpoints/last.safetensors`."""
+        path = Path(path)
+        return path / "checkpoints" / CKPT_NAME if path.is_dir() else path
+
+    @staticmethod
+    def _previous_of(path: Path) -> Path | None:
+        """Where the checkpoint before `path` is kept (only for the rotating `last` file)."""
+        return path.with_name(PREV_NAME) if path.name == CKPT_NAME else None
 
     def _model_config(self) -> dict[str, Any]:
         return {k: OmegaConf.to_container(self.cfg[k]) for k in _MODEL_DEFINING}
@@ -124,41 +143,72 @@ class Trainer:
         if self.closed_form:  # the cached training data (and smoothing bank) are the model
             meta = {"step": 0, "loss_history": [], "config": self._model_config(),
                     "train_time": self.train_time, "format": "scorekit-closed-form-1"}
-            ckpt.save(path, ckpt.module_tensors(self.model, "model"), meta)
+            ckpt.save(path, ckpt.module_tensors(self.model, "model"), meta,
+                      previous=self._previous_of(path))
             return path
         opt_tensors, opt_meta = ckpt.optimizer_state(self.optimizer)
         tensors = {**ckpt.module_tensors(self.model, "model"),
                    **ckpt.module_tensors(self.ema, "ema"), **opt_tensors,
                    "rng.data": self.data_gen.get_state(), "rng.noise": self.noise_gen.get_state()}
+        if self._losses:  # the current log interval's losses: a resumed run logs the same means
+            tensors["losses.pending"] = torch.stack(self._losses)
         meta = {"step": self.step, "loss_history": self.loss_history, "optim": opt_meta,
                 "config": self._model_config(), "train_time": self.train_time,
-                "format": "scorekit-train-1"}
-        ckpt.save(path, tensors, meta)
+                "skipped": self.skipped, "format": "scorekit-train-1"}
+        ckpt.save(path, tensors, meta, previous=self._previous_of(path))
         return path
 
-    def load_checkpoint(self, path: str | Path, weights_only: bool = False) -> None:
-        """Restore from `path` (a checkpoint file or a run dir); raises on any mismatch."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "checkpoints" / CKPT_NAME
-        tensors, meta = ckpt.load(path)
+    def load_checkpoint(self, path: str | Path, weights_only: bool = False,
+                        allow_pickle: bool | None = None) -> Path:
+        """Restore from `path` (a checkpoint file or a run dir); raises on any mismatch.
+
+        A missing or unreadable `last.safetensors` falls back to `prev.safetensors` with a
+        warning; returns the file actually read. Pickle files load only with `allow_pickle`
+        (default `trainer.allow_pickle`), as weights (`weights_only=True`) of a state_dict.
+        """
+        path = self._checkpoint_file(path)
+        allow = self.cfg.trainer.allow_pickle if allow_pickle is None else allow_pickle
+        tensors, meta, used = ckpt.load_latest(path, self._previous_of(path), allow)
         self._resume_checked = True  # an explicit load wins over `trainer.resume`
-        diffs = _diff_configs(meta.get("config", {}), self._model_config())
-        if diffs:
-            raise ckpt.CheckpointError(f"checkpoint {path} does not match the config: "
-                                       + "; ".join(diffs[:6]))
-        ckpt.load_module(self.model, tensors, "model", str(path))
+        if "config" not in meta:  # a bare state_dict (pickle): weights without training state
+            tensors = self._foreign_weights(tensors, used, weights_only)
+        else:
+            diffs = _diff_configs(meta["config"], self._model_config())
+            if diffs:
+                raise ckpt.CheckpointError(f"checkpoint {used} does not match the config: "
+                                           + "; ".join(diffs[:6]))
+        ckpt.load_module(self.model, tensors, "model", str(used))
         if self.closed_form:
-            return
-        ckpt.load_module(self.ema, tensors, "ema", str(path))
+            return used
+        ckpt.load_module(self.ema, tensors, "ema", str(used))
         if weights_only:
-            return
+            return used
         ckpt.load_optimizer(self.optimizer, tensors, meta["optim"])
         self.data_gen.set_state(tensors["rng.data"])
         self.noise_gen.set_state(tensors["rng.noise"])
         self.step = int(meta["step"])
         self.loss_history = list(meta["loss_history"])
         self.train_time = float(meta.get("train_time", 0.0))
+        self.skipped = list(meta.get("skipped", []))
+        pending = tensors.get("losses.pending")
+        self._losses = [] if pending is None else list(pending.to(self.device).unbind())
+        return used
+
+    def _foreign_weights(self, tensors: dict[str, torch.Tensor], source: Path,
+                         weights_only: bool) -> dict[str, torch.Tensor]:
+        """Model (and EMA) tensors of a plain state_dict, keyed as in our checkpoints."""
+        if not weights_only:
+            raise ckpt.CheckpointError(
+                f"{source} holds weights only (no step, optimizer or RNG state, no config to "
+                f"check against); load it with weights_only=True, not to resume training")
+        warnings.warn(f"{source} carries no config: only tensor names and shapes are checked",
+                      stacklevel=3)
+        if not any(k.startswith("model.") for k in tensors):
+            tensors = {f"model.{k}": v for k, v in tensors.items()}
+        if not any(k.startswith("ema.") for k in tensors):
+            tensors.update({"ema." + k[6:]: v for k, v in tensors.items()
+                            if k.startswith("model.")})
+        return tensors
 
     def _maybe_resume(self) -> None:
         if self._resume_checked:
@@ -168,11 +218,18 @@ class Trainer:
         if resume is False or resume is None or resume == "false":
             return
         path = self.ckpt_path if resume is True or resume == "true" else Path(str(resume))
-        if resume is True and not path.exists():
+        path = self._checkpoint_file(path)
+        if path == self.ckpt_path:
+            ckpt.remove_stale_temps(path)  # left by a process killed while writing
+        prev = self._previous_of(path)
+        if resume is True and not path.exists() and not (prev and prev.exists()):
             tqdm.write(f"resume: no checkpoint at {path}; starting from step 0")
             return
-        self.load_checkpoint(path)
-        tqdm.write(f"resumed from {path} at step {self.step}")
+        used = self.load_checkpoint(path)
+        if used != path and path.exists():
+            # Moved aside so that the next save does not rotate it over the good `prev`.
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+        tqdm.write(f"resumed from {used} at step {self.step}")
 
     # --- training --------------------------------------------------------------------------
     def _lr(self, step: int) -> float:
@@ -190,21 +247,56 @@ class Trainer:
         ema_p = list(self.ema.parameters())
         torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1 - decay)
 
-    def train_step(self) -> torch.Tensor:
+    def train_step(self) -> torch.Tensor | None:
+        """One optimizer step; returns the detached loss, or None for a batch skipped under
+        `trainer.skip_nonfinite` (checked at once: one host sync per step, only then)."""
         t = self.cfg.trainer
         idx = torch.randint(self.train_x.shape[0], (t.batch_size,), generator=self.data_gen)
         x0 = self.train_x[idx.to(self.device)]
         loss = self.objective(self.model, x0, generator=self.noise_gen)
         self.optimizer.zero_grad(set_to_none=True)
+        if t.skip_nonfinite and not bool(torch.isfinite(loss)):
+            return self._skip_batch("loss", float(loss.detach()))
         loss.backward()
         if t.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            if t.skip_nonfinite and not bool(torch.isfinite(norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._skip_batch("gradient norm", float(norm))
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
         self.optimizer.step()
         self.step += 1
         self._update_ema()
         return loss.detach()
+
+    def _skip_batch(self, what: str, value: float) -> None:
+        """Record a skipped batch at the coming step; past the limit, stop."""
+        limit = self.cfg.trainer.skip_nonfinite
+        self.skipped.append(self.step + 1)
+        if len(self.skipped) > limit:
+            raise FloatingPointError(
+                f"training {what} is {value} at step {self.step + 1}: {len(self.skipped)} "
+                f"non-finite batches (at steps {self.skipped[-5:]}), more than "
+                f"trainer.skip_nonfinite={limit}")
+        tqdm.write(f"step {self.step + 1}: training {what} is {value}; batch skipped "
+                   f"({len(self.skipped)} of trainer.skip_nonfinite={limit})")
+        return None
+
+    def _check_losses(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """Stack the losses of the steps up to `self.step`; raise naming the first non-finite
+        one (read here, once per log interval or checkpoint, not every step)."""
+        vals = torch.stack(losses)
+        finite = torch.isfinite(vals)
+        if not bool(finite.all()):
+            i = int(finite.logical_not().nonzero()[0, 0])
+            step = self.step - len(losses) + 1 + i
+            raise FloatingPointError(
+                f"training loss is {float(vals[i])} at step {step}; stopped before "
+                f"checkpointing it (the last checkpoint is from an earlier step). Lower "
+                f"trainer.lr, set trainer.grad_clip, or set trainer.skip_nonfinite=N to skip up "
+                f"to N such batches")
+        return vals
 
     def fit(self, until: int | None = None, logger: WandbLogger | None = None) -> None:
         """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume)."""
@@ -219,26 +311,28 @@ class Trainer:
         self._maybe_resume()
         end = t.steps if until is None else min(until, t.steps)
         self.model.train()
-        acc, n_acc = torch.zeros((), device=self.device), 0
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, desc="train",
                    dynamic_ncols=True)
         start = time.perf_counter()
         while self.step < end:
-            acc += self.train_step()
-            n_acc += 1
+            loss = self.train_step()
+            if loss is None:
+                if logger is not None:
+                    logger.log({"skipped_batches": len(self.skipped)}, step=self.step + 1)
+                continue
+            self._losses.append(loss)
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == end:
-                mean = acc.item() / n_acc  # one host sync per log interval, not per step
-                if not math.isfinite(mean):
-                    raise FloatingPointError(f"training loss became {mean} within the "
-                                             f"{n_acc} steps before step {self.step}")
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                # one host sync per log interval, not per step
+                mean = float(self._check_losses(self._losses).mean())
                 self.loss_history.append(mean)
                 bar.set_postfix(loss=f"{mean:.4g}")
                 if logger is not None:
                     logger.log({"loss": mean, "lr": self._lr(self.step - 1)}, step=self.step)
-                acc.zero_()
-                n_acc = 0
+                self._losses = []
             if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                if self._losses:
+                    self._check_losses(self._losses)  # never checkpoint a diverged state
                 self.train_time += time.perf_counter() - start
                 start = time.perf_counter()
                 self.save_checkpoint()
@@ -249,14 +343,28 @@ class Trainer:
     def sample(self, n: int, sampler: DictConfig | dict | None = None, use_ema: bool = True,
                seed: int = 1) -> samplers.SampleResult:
         """Draw n samples with the configured (or given) sampler section."""
+        model, method, options = self._sampler_setup(sampler, use_ema)
+        gen = torch.Generator(self.device).manual_seed(seed)
+        return samplers.sample(model, self.sde, (n, *self.data.sample_shape), method=method,
+                               generator=gen, device=self.device, dtype=self.dtype, **options)
+
+    def sample_to_disk(self, out_dir: str | Path, n: int, batch_size: int = 10_000,
+                       sampler: DictConfig | dict | None = None, use_ema: bool = True,
+                       seed: int = 1) -> samplers.stream.StreamResult:
+        """`samplers.sample_to_disk` with this run's model and sampler section: n samples in
+        shards of batch_size under out_dir, resuming an interrupted call."""
+        model, method, options = self._sampler_setup(sampler, use_ema)
+        return samplers.sample_to_disk(model, self.sde, out_dir, n, self.data.sample_shape,
+                                       batch_size=batch_size, seed=seed, method=method,
+                                       device=self.device, dtype=self.dtype, **options)
+
+    def _sampler_setup(self, sampler: DictConfig | dict | None, use_ema: bool
+                       ) -> tuple[torch.nn.Module, str, dict[str, Any]]:
         section = OmegaConf.create(sampler if sampler is not None else self.cfg.sampler)
         method, options = split_named(section, key="method")
         model = self.ema if use_ema else self.model
         model.eval()
-        options = self.teleport_options(model, options)
-        gen = torch.Generator(self.device).manual_seed(seed)
-        return samplers.sample(model, self.sde, (n, *self.data.sample_shape), method=method,
-                               generator=gen, device=self.device, dtype=self.dtype, **options)
+        return model, method, self.teleport_options(model, options)
 
     def teleport_options(self, model: torch.nn.Module, options: dict[str, Any]
                           ) -> dict[str, Any]:
@@ -326,7 +434,7 @@ class Trainer:
                            teleport_mode=res.info.get("teleport_mode"))
         if self.data.has_exact_score:  # mode weights / widths against the known mixture
             metrics.update(mode_metrics(x.flatten(1), self.data.exact_score(self.sde)))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        ckpt.write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         if e.plot:
             from scorekit.plotting import save_samples_plot
 
@@ -360,5 +468,7 @@ class Trainer:
         cfg.trainer.resume = False
         cfg = OmegaConf.merge(cfg, overrides)
         trainer = cls(cfg, run_dir=run_dir, save_config=False)
-        trainer.load_checkpoint(checkpoint or trainer.ckpt_path, weights_only=False)
+        path = Path(checkpoint or trainer.ckpt_path)
+        # A pickle state_dict (trainer.allow_pickle) has weights only; ours restore everything.
+        trainer.load_checkpoint(path, weights_only=path.is_file() and ckpt.is_pickle(path))
         return trainer

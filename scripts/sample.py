@@ -1,6 +1,10 @@
 """Sample from a trained run with any registered sampler and report NFE and metrics.
 
     python scripts/sample.py run_dir=outputs/default/<stamp> sampler=pc sampler.steps=200
+    python scripts/sample.py run_dir=... n=1000000 batch=10000 out=samples/   # shards to disk
+
+With `out=` the samples are streamed to disk in shards (bounded memory); rerunning the same
+command after an interruption completes the missing shards only.
 """
 
 import json
@@ -17,8 +21,15 @@ def main(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     trainer = Trainer.from_run_dir(cfg.run_dir, checkpoint=cfg.ckpt,
                                    eval={"n_samples": cfg.n, "use_ema": cfg.use_ema,
-                                         "seed": cfg.seed, "plot": cfg.plot})
+                                         "seed": cfg.seed, "plot": cfg.plot},
+                                   trainer={"allow_pickle": cfg.allow_pickle})
     sampler = cfg.get("sampler") or trainer.cfg.sampler
+    if cfg.out is not None:
+        res = trainer.sample_to_disk(cfg.out, n=cfg.n, batch_size=cfg.batch, sampler=sampler,
+                                     use_ema=cfg.use_ema, seed=cfg.seed)
+        print(f"{res.n} samples in {res.shards} shards under {res.out_dir} "
+              f"({len(res.written)} written now, {len(res.skipped)} already there)")
+        return
     metrics = trainer.evaluate(sampler=sampler, out_dir=out_dir)
     print(f"sampler: {OmegaConf.to_container(sampler)}")
     print(f"NFE per sample: {metrics['nfe']:.1f}")

@@ -246,7 +246,7 @@ def test_emp_knn_draws_correct_early():
     """At an early time (lam = 3, weights nearly uniform) the 32 neighbours alone give the mean of
     32 points; the l uniform draws with weight (N - k)/l restore the global mean to sampling
     accuracy: error std ~ std(x)/sqrt(l) -> 4 standard errors, per coordinate."""
-    sde = VESDE(sigma_min=1e-4, sigma_max=10.0)
+    sde = VESDE(sigma_min=1e-4, sigma_max=50.0)  # lam = 30 inside [eps, T]
     data = _cloud(2000, 2) + torch.tensor([3.0, -2.0], dtype=F64)
     x = data.mean(0, keepdim=True).repeat(8, 1) + _cloud(8, 2, seed=4)
     t = sde.t_of_noise_level(torch.full((8,), 30.0, dtype=F64))

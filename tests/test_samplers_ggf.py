@@ -307,5 +307,8 @@ def test_max_iters_and_nan_raise():
     sde = VPSDE()
     with pytest.raises(RuntimeError, match=r"8 of 8 samples did not reach eps.*max_iters=5"):
         _ggf(_gauss(sde, 2), sde, 8, 2, max_iters=5)
-    with pytest.raises(FloatingPointError, match="non-finite step error for 8 of 8"):
+    with pytest.raises(FloatingPointError, match="non-finite score at evaluation step 1, t=1"):
         _ggf(lambda x, t: x * float("nan"), sde, 8, 2)
+    # Without the samplers' guard ggf's own per-sample check still stops it.
+    with pytest.raises(FloatingPointError, match="non-finite step error for 8 of 8"):
+        _ggf(lambda x, t: x * float("nan"), sde, 8, 2, check_finite=False)

@@ -1,0 +1,165 @@
+"""Sampling many points to disk in shards: bounded memory, atomic shards, exact resume.
+
+`sample_to_disk` draws n samples as ceil(n / batch_size) shards. Shard k holds rows
+[k B, min((k + 1) B, n)) and is sampled with its own generator seeded from (seed, k), so each
+shard can be computed on its own: a rerun after a crash keeps the shards already on disk (each
+written atomically, with a tensor checksum) and recomputes only the others, giving the same
+files as an uninterrupted run. Memory is that of one batch, whatever n is. `manifest.json`
+records the parameters; a rerun into the same directory with other ones is refused (the score
+itself cannot be checked: rerun with the same model).
+
+Layout: `<out>/manifest.json`, `<out>/shard-000000.safetensors` ... (tensor "x": (rows, *D)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from samplers.base import Score, check_shape
+from scorekit import checkpoint as ckpt
+from scorekit._validate import check_positive_int
+from scorekit.sde import SDE
+
+FORMAT = "scorekit-samples-1"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StreamResult:
+    """Where the shards are, which were written by this call and which were already there."""
+
+    out_dir: Path
+    n: int
+    shards: int
+    written: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    wall_time: float = 0.0
+
+
+def shard_seed(seed: int, k: int) -> int:
+    """Seed of shard k: a hash of (seed, k), so shards never share a random stream."""
+    digest = hashlib.sha256(f"scorekit-stream|{int(seed)}|{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def shard_path(out_dir: str | Path, k: int) -> Path:
+    return Path(out_dir) / f"shard-{k:06d}.safetensors"
+
+
+def _manifest(n: int, batch_size: int, sample_shape: tuple[int, ...], seed: int, method: str,
+              steps: int | None, dtype: torch.dtype, sde: SDE, options: dict[str, Any]
+              ) -> dict[str, Any]:
+    return {"format": FORMAT, "n": n, "batch_size": batch_size,
+            "sample_shape": list(sample_shape), "seed": seed, "method": method, "steps": steps,
+            "dtype": str(dtype).removeprefix("torch."), "sde": repr(sde),
+            "options": {k: repr(v) for k, v in sorted(options.items())},
+            "shards": -(-n // batch_size)}
+
+
+def _check_manifest(out: Path, want: dict[str, Any]) -> None:
+    path = out / MANIFEST
+    if not path.is_file():
+        ckpt.write_text_atomic(path, json.dumps(want, indent=2))
+        return
+    try:
+        have = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not readable JSON ({err}); remove the directory to "
+                         f"start over") from err
+    have.pop("complete", None)
+    diffs = [f"{k}: on disk {have.get(k)!r} vs now {v!r}" for k, v in want.items()
+             if have.get(k) != v]
+    if diffs:
+        raise ValueError(f"{out} holds samples drawn with other parameters ("
+                         + "; ".join(diffs[:4]) + "); use another out_dir")
+
+
+def _shard_ok(path: Path, k: int, start: int, rows: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        tensors, meta = ckpt.load(path)
+    except ckpt.CheckpointError as err:
+        warnings.warn(f"recomputing shard {k}: {err}", stacklevel=3)
+        return False
+    good = (meta.get("shard"), meta.get("start"), meta.get("rows")) == (k, start, rows)
+    return good and "x" in tensors and tensors["x"].shape[0] == rows
+
+
+def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
+                   sample_shape: int | tuple[int, ...], batch_size: int = 10_000, seed: int = 0,
+                   method: str = "em", steps: int | None = None,
+                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                   **options: Any) -> StreamResult:
+    """Draw n samples of shape `sample_shape` with `samplers.sample(method=..., **options)` in
+    shards of `batch_size`, written to `out_dir`; shards already there are kept (resume).
+
+    Shard k uses `torch.Generator(device).manual_seed(shard_seed(seed, k))`: the files depend on
+    (seed, batch_size), not on how often the run was interrupted.
+    """
+    import samplers  # the package imports this module
+
+    n = check_positive_int(n, "n")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    dims = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+    sample_shape = check_shape((1, *dims))[1:]
+    device = torch.device("cpu" if device is None else device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, _manifest(n, batch_size, sample_shape, seed, method, steps, dtype, sde,
+                                   options))
+    for stale in out.glob(".shard-*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    n_shards = -(-n // batch_size)
+    res = StreamResult(out, n, n_shards)
+    start_time = time.perf_counter()
+    for k in range(n_shards):
+        start = k * batch_size
+        rows = min(batch_size, n - start)
+        path = shard_path(out, k)
+        if _shard_ok(path, k, start, rows):
+            res.skipped.append(k)
+            continue
+        gen = torch.Generator(device).manual_seed(shard_seed(seed, k))
+        r = samplers.sample(score, sde, (rows, *sample_shape), method=method, steps=steps,
+                            generator=gen, device=device, dtype=dtype, **options)
+        ckpt.save(path, {"x": r.x.detach().cpu()},
+                  {"shard": k, "start": start, "rows": rows, "seed": shard_seed(seed, k),
+                   "nfe": r.nfe})
+        res.written.append(k)
+        del r
+    manifest = json.loads((out / MANIFEST).read_text())
+    ckpt.write_text_atomic(out / MANIFEST, json.dumps({**manifest, "complete": True}, indent=2))
+    res.wall_time = time.perf_counter() - start_time
+    return res
+
+
+def load_samples(out_dir: str | Path) -> Tensor:
+    """All rows of a finished `sample_to_disk` directory, in order: (n, *D). Raises ValueError
+    if a shard is missing, unreadable or out of place."""
+    out = Path(out_dir)
+    manifest = json.loads((out / MANIFEST).read_text())
+    parts, start = [], 0
+    for k in range(manifest["shards"]):
+        path = shard_path(out, k)
+        try:
+            tensors, meta = ckpt.load(path)
+        except ckpt.CheckpointError as err:
+            raise ValueError(f"shard {k} of {out}: {err}") from err
+        if meta.get("start") != start or tensors["x"].shape[0] != meta.get("rows"):
+            raise ValueError(f"shard {k} of {out} starts at row {meta.get('start')} with "
+                             f"{tensors['x'].shape[0]} rows; expected row {start}")
+        parts.append(tensors["x"])
+        start += tensors["x"].shape[0]
+    if start != manifest["n"]:
+        raise ValueError(f"{out} holds {start} rows, its manifest says n={manifest['n']}")
+    return torch.cat(parts)
