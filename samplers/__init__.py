@@ -3,6 +3,10 @@
     res = samplers.sample(score, sde, shape=(n, d), method="em", steps=500)
     res.x, res.nfe, res.nfe_per_sample, res.info
     res = samplers.fkc_sample([s1, s2], sde, (n, d), mode="product")   # weighted SMC
+
+A reflected process (`scorekit.reflected.ReflectedSDE`) is sampled by the folded steps of
+`samplers.constrained`: "em" and "pc" become "reflected_em" and "reflected_pc" for it, and the
+other methods, which would leave the box, are refused.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 
 from samplers.base import CountingScore, SampleResult, Score, time_grid, tweedie
 from samplers.closed_form import closed_form
+from samplers.constrained import REFLECTED_METHODS, reflected_em, reflected_pc
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
 from samplers.ggf import gotta_go_fast
@@ -38,6 +43,8 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "ggf": gotta_go_fast,
     "closed_form": closed_form,
     "fkc": fkc_anneal,
+    "reflected_em": reflected_em,
+    "reflected_pc": reflected_pc,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 
@@ -73,11 +80,7 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     marginal draws (32 t x 512 evaluations, reported in `info`, not in the per-sample NFE).
     Without a teleport, `t_start` needs `x_init`, taken to be a draw at t_start.
     """
-    if method not in _METHODS:
-        raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
-    if not sde.is_linear and method != "em":
-        raise ValueError(f"method {method!r} needs a linear process with Gaussian transitions; "
-                         f"{type(sde).__name__} has a non-linear drift: use method='em'")
+    method = _resolve_method(method, sde)
     fn = _METHODS[method]
     valid = accepted_kwargs(fn)
     if valid is not None:
@@ -115,6 +118,27 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     return SampleResult(out, counter.counts, info)
 
 
+def _resolve_method(method: str, sde: SDE) -> str:
+    """The registered method that samples `sde`: "em"/"pc" become their reflected versions for
+    a reflected process; raises for combinations that would sample the wrong process."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
+    reflected = sorted(REFLECTED_METHODS.values())
+    if sde.is_reflected:
+        method = REFLECTED_METHODS.get(method, method)
+        if method not in reflected:
+            raise ValueError(f"method {method!r} does not keep samples in the box of "
+                             f"{type(sde).__name__}; valid: {sorted(REFLECTED_METHODS)} "
+                             f"(mapped to the reflected steps) or {reflected}")
+    elif method in reflected:
+        raise ValueError(f"method {method!r} needs a scorekit.reflected.ReflectedSDE, got "
+                         f"{type(sde).__name__}")
+    elif not sde.is_linear and method != "em":
+        raise ValueError(f"method {method!r} needs a linear process with Gaussian transitions; "
+                         f"{type(sde).__name__} has a non-linear drift: use method='em'")
+    return method
+
+
 def _teleport(score: Score, sde: SDE, x: torch.Tensor, method: str, fn: Callable, teleport,
               t_start: float | str | None, mode: str | None, thresh: float,
               generator: torch.Generator | None, options: dict, have_x_init: bool
@@ -124,6 +148,9 @@ def _teleport(score: Score, sde: SDE, x: torch.Tensor, method: str, fn: Callable
     if valid is not None and "t_start" not in valid:
         raise ValueError(f"sampler {method!r} does not take t_start, so it cannot start after "
                          f"T (teleport)")
+    if teleport is not None and sde.is_reflected:
+        raise ValueError(f"Gaussian teleportation ignores the box of {type(sde).__name__}; "
+                         "sample without teleport")
     if teleport is not None and not isinstance(teleport, GaussianTeleport):
         raise TypeError(f"teleport must be a samplers.GaussianTeleport, got "
                         f"{type(teleport).__name__}")

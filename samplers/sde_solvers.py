@@ -36,14 +36,15 @@ def _ancestral_coefficients(sde: SDE, grid: Tensor) -> Tensor:
     """Discrete-consistent reverse-diffusion step on the actual grid: (N, 3) as above.
 
     VP: b = 1 - alpha_i^2/alpha_{i+1}^2, x <- (x + b s)/sqrt(1 - b) + sqrt(b) z (DDPM ancestral).
-    VE/EDM: D = sigma_i^2 - sigma_{i+1}^2, x <- x + D s + sqrt(D) z. Other processes: EM.
+    VE/EDM and reflected VE: D = sigma_i^2 - sigma_{i+1}^2, x <- x + D s + sqrt(D) z. Other
+    processes: EM.
     """
     a, s = sde._marginal(grid)
     if isinstance(sde, VPSDE):
         b = -torch.expm1(2 * (torch.log(a[:-1]) - torch.log(a[1:])))
         k1 = torch.rsqrt(1 - b)
         return torch.stack([k1, b * k1, b.sqrt()], dim=1)
-    if isinstance(sde, (VESDE, EDMSDE)):
+    if isinstance(sde, (VESDE, EDMSDE)) or sde.is_reflected:
         dvar = s[:-1] ** 2 - s[1:] ** 2
         return torch.stack([torch.ones_like(dvar), dvar, dvar.sqrt()], dim=1)
     return _em_coefficients(sde, grid)
@@ -102,8 +103,9 @@ def _euler_maruyama_nonlinear(score: Score, sde: SDE, x: Tensor, ts: Tensor, den
 
 
 def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm: str,
-              generator: torch.Generator | None) -> Tensor:
-    """One Langevin corrector step, step size 2 a (snr |z| / |s|)^2 (Song et al. 2021, Alg. 4)."""
+              generator: torch.Generator | None, max_step: float | None = None) -> Tensor:
+    """One Langevin corrector step, step size 2 a (snr |z| / |s|)^2 (Song et al. 2021, Alg. 4),
+    capped at `max_step` when given."""
     s = score(x, t)
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     s_norm = s.flatten(1).norm(dim=1)
@@ -111,6 +113,8 @@ def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm
     if snr_norm == "batch_mean":  # score_sde: one step size for the batch
         s_norm, z_norm = s_norm.mean().expand_as(s_norm), z_norm.mean().expand_as(z_norm)
     step = 2 * a * (snr * z_norm / s_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
+    if max_step is not None:
+        step = step.clamp(max=max_step)
     return x + _per_sample(step, x) * s + _per_sample(torch.sqrt(2 * step), x) * z
 
 
