@@ -220,14 +220,15 @@ class ReflectedSDE(SDE):
                           device=z.device)
 
     # --- transition kernel -----------------------------------------------------------------
-    def _check_pair(self, x_t: Tensor, x0: Tensor, t: Tensor | float) -> Tensor:
+    def _check_pair(self, x_t: Tensor, x0: Tensor, t: Tensor | float,
+                    names: tuple[str, str] = ("x_t", "x0")) -> Tensor:
         if x_t.shape != x0.shape or x_t.dim() < 2:
             raise ValueError(f"x_t and x0 must share a shape (B, *D), got {tuple(x_t.shape)} "
                              f"and {tuple(x0.shape)}")
         t = self.check_t(_as_t(t, x_t))
         if t.shape[0] != x_t.shape[0]:
             raise ValueError(f"t has {t.shape[0]} entries for a batch of {x_t.shape[0]}")
-        for name, v in (("x_t", x_t), ("x0", x0)):
+        for name, v in zip(names, (x_t, x0), strict=True):
             outside = ~self.contains(v)
             if bool(outside.any()):
                 i = int(outside.nonzero()[0, 0])
@@ -270,7 +271,7 @@ class ReflectedSDE(SDE):
     def noise(self, x0: Tensor, t: Tensor | float, generator: torch.Generator | None = None
               ) -> Tensor:
         """An exact draw of x_t ~ p(. | x0): fold(x0 + sigma_t z); x0: (B, *D), t: (B,)."""
-        t = self._check_pair(x0, x0, t)
+        t = self._check_pair(x0, x0, t, names=("x0", "x0"))
         return self._noise(x0, t, generator)
 
     def __repr__(self) -> str:

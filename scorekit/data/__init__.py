@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from scorekit.data.boltzmann import CLEAN_SCORES, banana, double_well
-from scorekit.data.images import digits
+from scorekit.data.images import DIGITS_RANGE, digits
 from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
 
 __all__ = ["Dataset", "make_dataset", "DATASETS", "CLEAN_SCORES", "gmm", "gmm_params", "moons",
@@ -86,7 +86,8 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
         perm = torch.randperm(images.shape[0], generator=gen)
         n_test = min(n_test, images.shape[0] // 4)
         test, train = images[perm[:n_test]], images[perm[n_test:]][:n_train]
-        bounds = (float(params.get("low", -1.0)), float(params.get("high", 1.0)))
+        bounds = (float(params.get("low", DIGITS_RANGE[0])),
+                  float(params.get("high", DIGITS_RANGE[1])))
         return Dataset(name, train, test, "image", tuple(images.shape[1:]), dict(params), bounds)
     x = fn(n_train + n_test, generator=gen, **params)
     return Dataset(name, x[:n_train], x[n_train:], "points", (2,), dict(params))
