@@ -5,8 +5,9 @@
     res = samplers.fkc_sample([s1, s2], sde, (n, d), mode="product")   # weighted SMC
 
 A reflected process (`scorekit.reflected.ReflectedSDE`) is sampled by the folded steps of
-`samplers.constrained`: "em" and "pc" become "reflected_em" and "reflected_pc" for it, and the
-other methods, which would leave the box, are refused.
+`samplers.constrained`: "em" and "pc" become "reflected_em" and "reflected_pc" for it,
+"reflected_ode" is its probability-flow ODE, and the other methods, which would leave the box,
+are refused.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import torch
 
 from samplers.base import CountingScore, SampleResult, Score, time_grid, tweedie
 from samplers.closed_form import closed_form
-from samplers.constrained import REFLECTED_METHODS, reflected_em, reflected_pc
+from samplers.constrained import (
+    REFLECTED_METHODS,
+    REFLECTED_ONLY,
+    reflected_em,
+    reflected_ode,
+    reflected_pc,
+)
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
 from samplers.ggf import gotta_go_fast
@@ -45,6 +52,7 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "fkc": fkc_anneal,
     "reflected_em": reflected_em,
     "reflected_pc": reflected_pc,
+    "reflected_ode": reflected_ode,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 
@@ -123,7 +131,7 @@ def _resolve_method(method: str, sde: SDE) -> str:
     a reflected process; raises for combinations that would sample the wrong process."""
     if method not in _METHODS:
         raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
-    reflected = sorted(REFLECTED_METHODS.values())
+    reflected = list(REFLECTED_ONLY)
     if sde.is_reflected:
         method = REFLECTED_METHODS.get(method, method)
         if method not in reflected:

@@ -5,6 +5,11 @@ Ermon 2023, Alg. 1): the discretisation of the reflected reverse SDE, not a clip
 the box by construction; nothing is clamped except by `denoise="tweedie"`, whose posterior mean
 formula ignores the faces and is clamped (and counted in `info["clamped_fraction"]`).
 `samplers.sample` maps `method="em"` / `"pc"` to these for a reflected process.
+
+The probability-flow ODE needs no reflection term when the score obeys the Neumann condition
+(zero normal component at the faces, as the exact one does: p_t has no flux through them), since
+its velocity is then tangent there; `reflected_ode` still folds each stage, because a learned
+score only approximately vanishes at the faces.
 """
 
 from __future__ import annotations
@@ -13,19 +18,13 @@ import torch
 from torch import Tensor
 
 from samplers.base import Score, time_grid, tweedie
-from samplers.sde_solvers import (
-    CORRECTORS,
-    DENOISE,
-    _ancestral_coefficients,
-    _check_choice,
-    _em_coefficients,
-    _langevin,
-    _step,
-)
+from samplers.sde_solvers import DENOISE, _check_choice, check_pc_options, em_loop, pc_loop
 from scorekit.sde import SDE
 
-# samplers.sample(method=...) on a reflected process: the unconstrained name -> the reflected one.
+# samplers.sample(method=...) on a reflected process: the unconstrained name -> the reflected one
+# ("reflected_ode" is only reachable by name: its options differ from "ode"'s).
 REFLECTED_METHODS = {"em": "reflected_em", "pc": "reflected_pc"}
+REFLECTED_ONLY = ("reflected_em", "reflected_pc", "reflected_ode")
 
 
 def _check_start(sde: SDE, x: Tensor, method: str) -> None:
@@ -58,14 +57,7 @@ def reflected_em(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000, grid: 
     _check_choice(denoise, DENOISE, "denoise")
     _check_start(sde, x, "reflected_em")
     ts = time_grid(sde, steps, grid, t_start=t_start)
-    coef = _em_coefficients(sde, ts).to(x.dtype).tolist()
-    t_vec = ts.to(device=x.device, dtype=x.dtype)
-    x_mean = x
-    for i in range(steps):
-        t = t_vec[i].expand(x.shape[0])
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x, x_mean = _step(x, score(x, t), coef[i], z)
-        x = sde.fold(x)
+    x, x_mean = em_loop(score, sde, x, ts, generator, project=sde.fold)
     x, info = _finish(score, sde, x, x_mean, denoise)
     return x, {"grid": grid, **info}
 
@@ -80,32 +72,37 @@ def reflected_pc(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000, grid: 
     or "em"). Langevin steps are capped at L^2 (L = box width). NFE = steps (n_corrector + 1)
     (+1 with Tweedie). Options as for "pc".
     """
-    _check_choice(denoise, DENOISE, "denoise")
-    _check_choice(predictor, ("ancestral", "em"), "predictor")
-    _check_choice(corrector, CORRECTORS, "corrector")
-    _check_choice(snr_norm, ("per_sample", "batch_mean"), "snr_norm")
-    if n_corrector < 0 or (corrector != "none" and n_corrector < 1):
-        raise ValueError(f"n_corrector must be >= 1 with a corrector, got {n_corrector}")
-    if snr <= 0:
-        raise ValueError(f"snr must be > 0, got {snr}")
+    check_pc_options(predictor, corrector, snr, n_corrector, snr_norm, denoise)
     _check_start(sde, x, "reflected_pc")
     ts = time_grid(sde, steps, grid, t_start=t_start)
-    coef_fn = _ancestral_coefficients if predictor == "ancestral" else _em_coefficients
-    coef = coef_fn(sde, ts).to(x.dtype).tolist()
-    t_vec = ts.to(device=x.device, dtype=x.dtype)
     n_corr = n_corrector if corrector == "langevin" else 0
-    x_mean = x
     # The score of a reflected process vanishes at high noise (~exp(-pi^2 tau)), where the
     # snr rule's step 2 (snr |z| / |s|)^2 overflows; a step of L^2 already re-spreads a sample
-    # over the box, so steps are capped there.
-    max_step = sde.width**2
-    for i in range(steps):
-        t = t_vec[i].expand(x.shape[0])
-        for _ in range(n_corr):
-            # a = 1: no drift, so the DDPM step-size scale alpha_i^2 / alpha_{i+1}^2 is 1.
-            x = sde.fold(_langevin(score, x, t, 1.0, snr, snr_norm, generator, max_step))
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x, x_mean = _step(x, score(x, t), coef[i], z)
-        x = sde.fold(x)
+    # over the box, so steps are capped there. No drift: the Langevin scale a_i is 1.
+    x, x_mean = pc_loop(score, sde, x, ts, predictor, n_corr, snr, snr_norm, generator,
+                        project=sde.fold, max_step=sde.width**2)
     x, info = _finish(score, sde, x, x_mean, denoise)
     return x, {"grid": grid, "predictor": predictor, "corrector": corrector, "snr": snr, **info}
+
+
+def reflected_ode(score: Score, sde: SDE, x: Tensor, *, steps: int = 50, grid: str = "uniform",
+                  denoise: str = "none", t_start: float | None = None,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+    """Reflected PF-ODE by Heun's method in the noise level (EDM, Karras et al. 2022, Alg. 1 with
+    alpha = 1: dx/dsigma = -sigma s(x, t)), each stage folded; `steps` Heun steps from t_start
+    (default T) to eps, NFE = 2 steps (+1 with denoise="tweedie", clamped as above).
+    """
+    _check_choice(denoise, ("none", "tweedie"), "denoise")
+    _check_start(sde, x, "reflected_ode")
+    ts = time_grid(sde, steps, grid, t_start=t_start)
+    sigma = sde._marginal(ts)[1].tolist()
+    t_vec = ts.to(device=x.device, dtype=x.dtype)
+    b = x.shape[0]
+    for i in range(steps):
+        dsigma = sigma[i + 1] - sigma[i]
+        d = -sigma[i] * score(x, t_vec[i].expand(b))
+        x_euler = sde.fold(x + dsigma * d)
+        d_next = -sigma[i + 1] * score(x_euler, t_vec[i + 1].expand(b))
+        x = sde.fold(x + 0.5 * dsigma * (d + d_next))
+    x, info = _finish(score, sde, x, x, denoise)
+    return x, {"grid": grid, **info}

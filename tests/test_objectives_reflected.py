@@ -1,19 +1,14 @@
-"""Reflected DSM: its target is conditionally unbiased for the marginal score, and it is wired
-into make_objective, Hydra and the Trainer (digits in [0, 1])."""
+"""Reflected DSM: its target is conditionally unbiased for the marginal score (the Hydra and
+Trainer wiring is tested in test_train_objectives.py)."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from scorekit.config import ConfigError
 from scorekit.objectives import DSM, LocalDSM, ReflectedDSM, make_objective
 from scorekit.reflected import ReflectedSDE, fold, heat_kernel_logp, heat_kernel_score
 from scorekit.sde import VPSDE
-from scorekit.train import Trainer
 
 F64 = torch.float64
 POINTS, WEIGHTS = (0.25, 0.7), (0.5, 0.5)  # data: two point masses on [0, 1]
@@ -97,38 +92,3 @@ def test_objective_validation():
     with pytest.raises(ValueError, match="'edm'"):
         ReflectedDSM(ReflectedSDE(), weighting="edm")
     assert isinstance(make_objective("reflected_dsm", ReflectedSDE(), t_min=1e-4), ReflectedDSM)
-
-
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
-SMALL = ["trainer.steps=20", "trainer.ckpt_every=20", "trainer.batch_size=64",
-         "trainer.log_every=10", "trainer.progress=false", "model.hidden=32", "model.depth=2",
-         "eval.n_samples=200", "eval.n_proj=16", "eval.plot=false", "sampler.steps=20"]
-
-
-def _cfg(overrides):
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
-
-
-@pytest.mark.slow
-def test_digits_reflected_trains_and_samples_in_the_box(tmp_path):
-    """experiment=digits_reflected: digits in [0, 1], reflected DSM, 20 training steps, then the
-    folded sampler: every sample in [0, 1] (nothing clipped), NFE = steps."""
-    tr = Trainer(_cfg(["experiment=digits_reflected", *SMALL]), run_dir=tmp_path)
-    assert isinstance(tr.sde, ReflectedSDE) and isinstance(tr.objective, ReflectedDSM)
-    assert float(tr.train_x.min()) == 0.0 and float(tr.train_x.max()) == 1.0
-    tr.fit()
-    metrics = tr.evaluate()
-    assert metrics["nfe"] == 20 and metrics["nonfinite_samples"] == 0
-    assert metrics["out_of_range_fraction"] == 0.0
-    x = tr.sample(50, {"method": "em", "steps": 5, "denoise": "none"}).x
-    assert tr.sde.contains(x).all()
-
-
-def test_data_outside_the_box_is_rejected(tmp_path):
-    with pytest.raises(ConfigError, match=r"spans \[-1, 1\], outside the box \[0, 1\]"):
-        Trainer(_cfg(["experiment=digits_reflected", "data.low=-1.0", *SMALL]),
-                run_dir=tmp_path)

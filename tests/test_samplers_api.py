@@ -39,6 +39,7 @@ EXPECTED = {
     "fkc": ({"beta": 2.0}, 13),
     "reflected_em": ({"denoise": "tweedie"}, 13 + 1),  # run on a ReflectedSDE
     "reflected_pc": ({"denoise": "tweedie"}, 13 * 2 + 1),
+    "reflected_ode": ({"denoise": "tweedie"}, 13 * 2 + 1),  # Heun: 2 per step
 }
 
 

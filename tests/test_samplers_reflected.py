@@ -101,6 +101,19 @@ def test_reflected_pc_with_exact_score_matches_truncated_gaussian():
     assert min(_ks_marginal(res.x, score, sde.eps)) > 1e-3
 
 
+@pytest.mark.slow
+def test_reflected_ode_with_exact_score_matches_truncated_gaussian():
+    """The reflected PF-ODE (Heun in sigma, 30 steps, NFE 60) maps the uniform prior to p_eps
+    with the exact score: in the box, KS p > 1e-3 per coordinate at n = 2e4. Seeds 0-19:
+    smallest p 0.004 of 40 (D <= 0.0124)."""
+    sde, score = _truncated_gaussian()
+    res = samplers.sample(score, sde, (N, 2), method="reflected_ode", steps=30, dtype=F64,
+                          generator=torch.Generator().manual_seed(0))
+    assert res.nfe == 60
+    assert sde.contains(res.x).all()
+    assert min(_ks_marginal(res.x, score, sde.eps)) > 1e-3
+
+
 def test_em_is_reflected_em_for_a_reflected_process():
     sde = ReflectedSDE()
     x = [samplers.sample(_zero, sde, (16, 2), method=m, steps=5,
@@ -124,8 +137,9 @@ def test_method_and_process_mismatches_raise():
     for method in ("ode", "heun", "ggf", "dpm_solver", "fkc"):
         with pytest.raises(ValueError, match=f"method '{method}' does not keep samples in the"):
             samplers.sample(_zero, sde, (4, 2), method=method)
-    with pytest.raises(ValueError, match="'reflected_pc' needs a scorekit.reflected"):
-        samplers.sample(_zero, VPSDE(), (4, 2), method="reflected_pc")
+    for method in ("reflected_em", "reflected_pc", "reflected_ode"):
+        with pytest.raises(ValueError, match=f"'{method}' needs a scorekit.reflected"):
+            samplers.sample(_zero, VPSDE(), (4, 2), method=method)
     with pytest.raises(ValueError, match="1 starting samples lie outside the box"):
         samplers.sample(_zero, sde, (4, 2), x_init=torch.tensor([[0.5, 0.5]] * 3 + [[1.5, 0]]))
     tp = samplers.GaussianTeleport(torch.zeros(2), torch.eye(2), VPSDE())
