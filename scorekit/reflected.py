@@ -159,7 +159,7 @@ class ReflectedSDE(SDE):
         if self.prior_error > 1e-4:
             warnings.warn(f"sigma_max={sigma_max:g} on a box of width {width:g}: the marginal at "
                           f"T differs from the uniform prior by up to {self.prior_error:.2g}; "
-                          f"raise sigma_max to >= {1.4 * width:.3g}", stacklevel=2)
+                          f"raise sigma_max to >= {1.5 * width:.3g}", stacklevel=2)
 
     @property
     def width(self) -> float:
