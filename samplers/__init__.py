@@ -3,6 +3,11 @@
     res = samplers.sample(score, sde, shape=(n, d), method="em", steps=500)
     res.x, res.nfe, res.nfe_per_sample, res.info
     res = samplers.fkc_sample([s1, s2], sde, (n, d), mode="product")   # weighted SMC
+
+A reflected process (`scorekit.reflected.ReflectedSDE`) is sampled by the folded steps of
+`samplers.constrained`: "em" and "pc" become "reflected_em" and "reflected_pc" for it,
+"reflected_ode" is its probability-flow ODE, and the other methods, which would leave the box,
+are refused.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from samplers.base import (
     tweedie,
 )
 from samplers.closed_form import closed_form
+from samplers.constrained import (
+    REFLECTED_METHODS,
+    REFLECTED_ONLY,
+    reflected_em,
+    reflected_ode,
+    reflected_pc,
+)
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
 from samplers.ggf import gotta_go_fast
@@ -50,6 +62,9 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "ggf": gotta_go_fast,
     "closed_form": closed_form,
     "fkc": fkc_anneal,
+    "reflected_em": reflected_em,
+    "reflected_pc": reflected_pc,
+    "reflected_ode": reflected_ode,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 
@@ -90,11 +105,7 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     bad entries) as soon as the score returns NaN/inf, and check the final samples; see
     `FiniteGuard` for its cost (one reduction per evaluation, no per-step sync on GPU).
     """
-    if method not in _METHODS:
-        raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
-    if not sde.is_linear and method != "em":
-        raise ValueError(f"method {method!r} needs a linear process with Gaussian transitions; "
-                         f"{type(sde).__name__} has a non-linear drift: use method='em'")
+    method = _resolve_method(method, sde)
     fn = _METHODS[method]
     valid = accepted_kwargs(fn)
     if valid is not None:
@@ -130,6 +141,27 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     return SampleResult(out, counter.counts, info)
 
 
+def _resolve_method(method: str, sde: SDE) -> str:
+    """The registered method that samples `sde`: "em"/"pc" become their reflected versions for
+    a reflected process; raises for combinations that would sample the wrong process."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
+    reflected = list(REFLECTED_ONLY)
+    if sde.is_reflected:
+        method = REFLECTED_METHODS.get(method, method)
+        if method not in reflected:
+            raise ValueError(f"method {method!r} does not keep samples in the box of "
+                             f"{type(sde).__name__}; valid: {sorted(REFLECTED_METHODS)} "
+                             f"(mapped to the reflected steps) or {reflected}")
+    elif method in reflected:
+        raise ValueError(f"method {method!r} needs a scorekit.reflected.ReflectedSDE, got "
+                         f"{type(sde).__name__}")
+    elif not sde.is_linear and method != "em":
+        raise ValueError(f"method {method!r} needs a linear process with Gaussian transitions; "
+                         f"{type(sde).__name__} has a non-linear drift: use method='em'")
+    return method
+
+
 def _teleport(score: Score, sde: SDE, x: torch.Tensor, method: str, fn: Callable, teleport,
               t_start: float | str | None, mode: str | None, thresh: float,
               generator: torch.Generator | None, options: dict, have_x_init: bool
@@ -139,6 +171,9 @@ def _teleport(score: Score, sde: SDE, x: torch.Tensor, method: str, fn: Callable
     if valid is not None and "t_start" not in valid:
         raise ValueError(f"sampler {method!r} does not take t_start, so it cannot start after "
                          f"T (teleport)")
+    if teleport is not None and sde.is_reflected:
+        raise ValueError(f"Gaussian teleportation ignores the box of {type(sde).__name__}; "
+                         "sample without teleport")
     if teleport is not None and not isinstance(teleport, GaussianTeleport):
         raise TypeError(f"teleport must be a samplers.GaussianTeleport, got "
                         f"{type(teleport).__name__}")

@@ -6,6 +6,8 @@ synchronisation and each step is a handful of fused-able elementwise ops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -15,6 +17,7 @@ from scorekit.sde import EDMSDE, SDE, VESDE, VPSDE, _per_sample
 DENOISE = ("tweedie", "mean", "none")
 PREDICTORS = ("ancestral", "em")
 CORRECTORS = ("langevin", "none")
+Project = Callable[[Tensor], Tensor] | None  # maps samples back onto the domain after a step
 
 
 def _check_choice(value: str, valid: tuple[str, ...], name: str) -> None:
@@ -36,14 +39,15 @@ def _ancestral_coefficients(sde: SDE, grid: Tensor) -> Tensor:
     """Discrete-consistent reverse-diffusion step on the actual grid: (N, 3) as above.
 
     VP: b = 1 - alpha_i^2/alpha_{i+1}^2, x <- (x + b s)/sqrt(1 - b) + sqrt(b) z (DDPM ancestral).
-    VE/EDM: D = sigma_i^2 - sigma_{i+1}^2, x <- x + D s + sqrt(D) z. Other processes: EM.
+    VE/EDM and reflected VE: D = sigma_i^2 - sigma_{i+1}^2, x <- x + D s + sqrt(D) z. Other
+    processes: EM.
     """
     a, s = sde._marginal(grid)
     if isinstance(sde, VPSDE):
         b = -torch.expm1(2 * (torch.log(a[:-1]) - torch.log(a[1:])))
         k1 = torch.rsqrt(1 - b)
         return torch.stack([k1, b * k1, b.sqrt()], dim=1)
-    if isinstance(sde, (VESDE, EDMSDE)):
+    if isinstance(sde, (VESDE, EDMSDE)) or sde.is_reflected:
         dvar = s[:-1] ** 2 - s[1:] ** 2
         return torch.stack([torch.ones_like(dvar), dvar, dvar.sqrt()], dim=1)
     return _em_coefficients(sde, grid)
@@ -76,14 +80,24 @@ def euler_maruyama(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
     ts = time_grid(sde, steps, grid, t_start=t_start)
     if not sde.is_linear:
         return _euler_maruyama_nonlinear(score, sde, x, ts, denoise, generator), {"grid": grid}
+    x, x_mean = em_loop(score, sde, x, ts, generator)
+    return _finish(score, sde, x, x_mean, denoise), {"grid": grid}
+
+
+def em_loop(score: Score, sde: SDE, x: Tensor, ts: Tensor, generator: torch.Generator | None,
+            project: Project = None) -> tuple[Tensor, Tensor]:
+    """EM steps along the float64 grid ts (linear drift); `project` (e.g. the fold into a box)
+    maps x after every step. Returns x and the last step's noise-free mean."""
     coef = _em_coefficients(sde, ts).to(x.dtype).tolist()
     t_vec = ts.to(device=x.device, dtype=x.dtype)
     x_mean = x
-    for i in range(steps):
+    for i in range(len(coef)):
         t = t_vec[i].expand(x.shape[0])
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x, x_mean = _step(x, score(x, t), coef[i], z)
-    return _finish(score, sde, x, x_mean, denoise), {"grid": grid}
+        if project is not None:
+            x = project(x)
+    return x, x_mean
 
 
 def _euler_maruyama_nonlinear(score: Score, sde: SDE, x: Tensor, ts: Tensor, denoise: str,
@@ -114,11 +128,14 @@ def langevin_step_size(s: Tensor, z: Tensor, snr: float, snr_norm: str = "batch_
 
 
 def _langevin(score: Score, x: Tensor, t: Tensor, a: float, snr: float, snr_norm: str,
-              generator: torch.Generator | None) -> Tensor:
-    """One Langevin corrector step, step size a * langevin_step_size."""
+              generator: torch.Generator | None, max_step: float | None = None) -> Tensor:
+    """One Langevin corrector step, step size a * langevin_step_size, capped at `max_step`
+    when given."""
     s = score(x, t)
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     step = a * langevin_step_size(s, z, snr, snr_norm)
+    if max_step is not None:
+        step = step.clamp(max=max_step)
     return x + _per_sample(step, x) * s + _per_sample(torch.sqrt(2 * step), x) * z
 
 
@@ -137,6 +154,17 @@ def predictor_corrector(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
     safe in high dimension: in low d a sample near a mode has |s| ~ 0 and gets a huge step.
     VP + Langevin needs a much smaller snr (~0.01).
     """
+    check_pc_options(predictor, corrector, snr, n_corrector, snr_norm, denoise)
+    ts = time_grid(sde, steps, grid, t_start=t_start)
+    n_corr = n_corrector if corrector == "langevin" else 0
+    x, x_mean = pc_loop(score, sde, x, ts, predictor, n_corr, snr, snr_norm, generator)
+    info = {"grid": grid, "predictor": predictor, "corrector": corrector, "snr": snr}
+    return _finish(score, sde, x, x_mean, denoise), info
+
+
+def check_pc_options(predictor: str, corrector: str, snr: float, n_corrector: int,
+                     snr_norm: str, denoise: str) -> None:
+    """Validate predictor–corrector options with messages naming the bad value."""
     _check_choice(denoise, DENOISE, "denoise")
     _check_choice(predictor, PREDICTORS, "predictor")
     _check_choice(corrector, CORRECTORS, "corrector")
@@ -145,20 +173,26 @@ def predictor_corrector(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000,
         raise ValueError(f"n_corrector must be >= 1 with a corrector, got {n_corrector}")
     if snr <= 0:
         raise ValueError(f"snr must be > 0, got {snr}")
-    ts = time_grid(sde, steps, grid, t_start=t_start)
+
+
+def pc_loop(score: Score, sde: SDE, x: Tensor, ts: Tensor, predictor: str, n_corr: int,
+            snr: float, snr_norm: str, generator: torch.Generator | None,
+            project: Project = None, max_step: float | None = None) -> tuple[Tensor, Tensor]:
+    """At each t_i of the grid ts: `n_corr` Langevin steps (capped at `max_step`), then one
+    predictor step; `project` maps x after every update. Returns x and the last mean."""
     coef_fn = _ancestral_coefficients if predictor == "ancestral" else _em_coefficients
     coef = coef_fn(sde, ts).to(x.dtype).tolist()
     # Langevin step scale a_i = alpha_i^2 / alpha_{i+1}^2 (the DDPM 1 - beta_i of this step).
     alpha = sde._marginal(ts)[0]
     a_corr = (alpha[:-1] ** 2 / alpha[1:] ** 2).tolist()
     t_vec = ts.to(device=x.device, dtype=x.dtype)
-    n_corr = n_corrector if corrector == "langevin" else 0
+    keep = (lambda v: v) if project is None else project
     x_mean = x
-    for i in range(steps):
+    for i in range(len(coef)):
         t = t_vec[i].expand(x.shape[0])
         for _ in range(n_corr):
-            x = _langevin(score, x, t, a_corr[i], snr, snr_norm, generator)
+            x = keep(_langevin(score, x, t, a_corr[i], snr, snr_norm, generator, max_step))
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x, x_mean = _step(x, score(x, t), coef[i], z)
-    info = {"grid": grid, "predictor": predictor, "corrector": corrector, "snr": snr}
-    return _finish(score, sde, x, x_mean, denoise), info
+        x = keep(x)
+    return x, x_mean

@@ -88,13 +88,19 @@ def image_grid(images: Tensor, path: str | Path, nrow: int | None = None,
 
 
 def save_samples_plot(samples: Tensor, data: Tensor, path: str | Path, kind: str,
-                      loss_history: list[float] | None = None) -> Path:
-    """samples.png: a scatter against data for points, a grid of samples next to data for images;
-    with `loss_history`, a training-loss panel on the right."""
+                      loss_history: list[float] | None = None,
+                      value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """samples.png: a scatter against data for points, a grid of samples next to data for images
+    (pixel values in `value_range`, shown black to white); with `loss_history`, a training-loss
+    panel on the right."""
     if kind not in ("points", "image"):
         raise ValueError(f"kind must be 'points' or 'image', got {kind!r}")
     if kind == "points":
         return scatter_vs_data(samples, data, path, loss_history=loss_history)
+    lo, hi = value_range
+    if not lo < hi:
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}")
+    samples, data = ((2 * (v - lo) / (hi - lo) - 1) for v in (samples, data))
     ncol = 3 if loss_history else 2
     fig = Figure(figsize=(4.2 * ncol, 4.2))
     axes = fig.subplots(1, ncol)

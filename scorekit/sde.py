@@ -41,6 +41,7 @@ class SDE(ABC):
     T: float
     eps: float
     is_linear: bool = True  # Gaussian transitions with closed-form (alpha_t, sigma_t)
+    is_reflected: bool = False  # confined to a box by reflection (`scorekit.reflected`)
 
     # --- process-specific pieces (unchecked, t: (B,)) --------------------------------------
     @abstractmethod
@@ -335,13 +336,16 @@ SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm"
 
 
 def make_sde(name: str, **params) -> SDE:
-    """Build a process by name ("vp", "subvp", "ve", "edm", or a non-linear one of
-    `scorekit.nonlinear_sde.NONLINEAR_SDES`, e.g. "double_well") with keyword parameters."""
+    """Build a process by name ("vp", "subvp", "ve", "edm", a non-linear one of
+    `scorekit.nonlinear_sde.NONLINEAR_SDES`, e.g. "double_well", or "reflected", the reflected
+    process on a box of `scorekit.reflected`) with keyword parameters."""
     from scorekit.nonlinear_sde import NONLINEAR_SDES
+    from scorekit.reflected import REFLECTED_SDES
 
-    registry = {**SDES, **NONLINEAR_SDES}
+    registry = {**SDES, **NONLINEAR_SDES, **REFLECTED_SDES}
     if name not in registry:
-        raise ValueError(f"unknown sde {name!r}; valid: {sorted(SDES) + sorted(NONLINEAR_SDES)}")
+        others = sorted({**NONLINEAR_SDES, **REFLECTED_SDES})
+        raise ValueError(f"unknown sde {name!r}; valid: {sorted(SDES) + others}")
     from scorekit._validate import check_kwargs
 
     cls = registry[name]

@@ -82,6 +82,8 @@ class Trainer:
         self.train_x = self.data.train.to(self.device, self.dtype)
         name, params = split_named(cfg.sde)
         self.sde = make_sde(name, **params)
+        if self.sde.is_reflected:
+            self._check_in_box()
         name, params = split_named(cfg.model)
         # model=closed_form: the score is computed from the training data (objectives §7); no
         # network, optimizer or EMA, and fit() only caches the data as the checkpoint.
@@ -118,6 +120,15 @@ class Trainer:
         self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
         if save_config:
             ckpt.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+
+    def _check_in_box(self) -> None:
+        """A reflected process lives on its box: the training data must lie in it."""
+        lo, hi = float(self.data.train.min()), float(self.data.train.max())
+        if lo < self.sde.lower or hi > self.sde.upper:
+            raise ConfigError(f"data '{self.data.name}' spans [{lo:g}, {hi:g}], outside the box "
+                              f"[{self.sde.lower:g}, {self.sde.upper:g}] of sde=reflected: set "
+                              "sde.lower / sde.upper (or the data's range, e.g. data.low=0 for "
+                              "digits)")
 
     # --- checkpoints ---------------------------------------------------------------------
     @property
@@ -432,6 +443,11 @@ class Trainer:
         if "t_start" in res.info:  # teleported: where the numerical phase began
             metrics.update(t_start=res.info["t_start"],
                            teleport_mode=res.info.get("teleport_mode"))
+        if self.data.value_range is not None:  # e.g. pixels: samples outside the data's range
+            lo, hi = self.data.value_range
+            out = (x < lo) | (x > hi)
+            metrics.update(out_of_range_fraction=float(out.flatten(1).any(1).double().mean()),
+                           out_of_range_elements=float(out.double().mean()))
         if self.data.has_exact_score:  # mode weights / widths against the known mixture
             metrics.update(mode_metrics(x.flatten(1), self.data.exact_score(self.sde)))
         ckpt.write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -439,7 +455,8 @@ class Trainer:
             from scorekit.plotting import save_samples_plot
 
             save_samples_plot(x, test, out_dir / "samples.png", kind=self.data.kind,
-                              loss_history=self.loss_history or None)
+                              loss_history=self.loss_history or None,
+                              value_range=self.data.value_range or (-1.0, 1.0))
         return metrics
 
     def run(self) -> dict[str, Any]:

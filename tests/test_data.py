@@ -85,6 +85,17 @@ def test_digits_images_are_sklearn_rescaled():
     assert float(x.min()) == -1.0 and float(x.max()) == 1.0
 
 
+def test_digits_range_option():
+    """data.low / data.high map the pixels affinely (e.g. to [0, 1] for a reflected box)."""
+    unit = make_dataset("digits", seed=0, low=0.0, high=1.0)
+    ref = make_dataset("digits", seed=0)
+    assert unit.value_range == (0.0, 1.0) and ref.value_range == (-1.0, 1.0)
+    torch.testing.assert_close(unit.train, (ref.train + 1) / 2)
+    assert float(unit.train.min()) == 0.0 and float(unit.train.max()) == 1.0
+    with pytest.raises(ValueError, match="low=1.0, high=0.0"):
+        make_dataset("digits", low=1.0, high=0.0)
+
+
 def test_digits_split_partitions_the_set():
     ds = make_dataset("digits", seed=0)
     assert (ds.kind, ds.sample_shape, ds.dim) == ("image", (1, 8, 8), 64)

@@ -5,6 +5,7 @@ import torch
 
 import samplers
 from samplers.base import GRIDS, CountingScore, time_grid
+from scorekit.reflected import ReflectedSDE
 from scorekit.scores import GaussianScore
 from scorekit.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 
@@ -36,6 +37,9 @@ EXPECTED = {
     "euler_diffusers": ({}, 13),
     "closed_form": ({"denoise": "tweedie"}, 13 + 1),
     "fkc": ({"beta": 2.0}, 27),  # (1 predictor + 1 MALA move) per step, +1 first step
+    "reflected_em": ({"denoise": "tweedie"}, 13 + 1),  # run on a ReflectedSDE
+    "reflected_pc": ({"denoise": "tweedie"}, 13 * 2 + 1),
+    "reflected_ode": ({"denoise": "tweedie"}, 13 * 2 + 1),  # Heun: 2 per step
 }
 
 
@@ -45,7 +49,7 @@ def test_every_method_has_an_nfe_expectation():
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
 def test_nfe_counted_by_calls(method):
-    sde = VPSDE()
+    sde = ReflectedSDE() if method.startswith("reflected_") else VPSDE()
     log = CallLog(_score(sde))
     n = 7
     opts, expected = EXPECTED[method]

@@ -7,11 +7,14 @@ import torch
 
 import samplers
 from samplers.base import CountingScore, FiniteGuard, NonFiniteError
+from scorekit.reflected import ReflectedSDE
 from scorekit.scores import GaussianScore
 from scorekit.sde import VPSDE
 
 SDE = VPSDE()
 N, D = 4, 2
+REFLECTED = [m for m in samplers.available() if m.startswith("reflected_")]
+LINEAR = [m for m in samplers.available() if m not in REFLECTED]  # run on VPSDE
 # Small budgets per method; ggf is adaptive (loose tolerances keep it to a few dozen NFE).
 OPTIONS = {"ggf": {"abs_tol": 0.05, "rel_tol": 0.5}, "ode": {"solver": "euler", "steps": 10},
            "heun": {"steps": 6}}
@@ -37,7 +40,7 @@ def _nan_below(t_bad, rows=slice(0, 1)):
     return score
 
 
-@pytest.mark.parametrize("method", samplers.available())
+@pytest.mark.parametrize("method", LINEAR)
 def test_nan_score_stops_with_step_t_and_fraction(method):
     with pytest.raises(NonFiniteError, match=r"non-finite score at evaluation step \d+, t") as err:
         samplers.sample(_nan_below(0.5), SDE, (N, D), method=method, dtype=torch.float64,
@@ -107,7 +110,25 @@ def test_guard_ignores_overflowing_sum_of_finite_values():
     FiniteGuard()(torch.full((4, 2), 3e38), torch.full((4,), 0.5), 1)  # sum is inf, entries not
 
 
-@pytest.mark.parametrize("method", samplers.available())
+@pytest.mark.parametrize("method", REFLECTED)
+def test_reflected_methods_guarded_and_deterministic(method):
+    """The reflected samplers on a box: a NaN score stops them naming t; same seed, same
+    samples."""
+    sde = ReflectedSDE()
+    centre = lambda x, t: -(x - 0.5)  # noqa: E731
+
+    def nan_below(x, t):
+        return torch.where((t < 0.5)[:, None], torch.full_like(x, math.nan), centre(x, t))
+    with pytest.raises(NonFiniteError, match=r"non-finite score at evaluation step \d+, t"):
+        samplers.sample(nan_below, sde, (N, D), method=method, steps=10, dtype=torch.float64)
+
+    def run(seed):
+        return samplers.sample(centre, sde, (N, D), method=method, steps=10,
+                               generator=torch.Generator().manual_seed(seed)).x
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
+@pytest.mark.parametrize("method", LINEAR)
 def test_same_seed_same_samples(method):
     def run(seed):
         return samplers.sample(_gauss(), SDE, (N, D), method=method,

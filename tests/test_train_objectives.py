@@ -1,4 +1,4 @@
-"""Hydra wiring of the TSM and local-DSM objectives and their experiment configs."""
+"""Hydra wiring of the TSM, local-DSM and reflected-DSM objectives and their experiment configs."""
 
 from pathlib import Path
 
@@ -7,7 +7,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from scorekit.objectives import TSM, LocalDSM
+from scorekit.config import ConfigError
+from scorekit.objectives import TSM, LocalDSM, ReflectedDSM
+from scorekit.reflected import ReflectedSDE
 from scorekit.sde import DoubleWellSDE
 from scorekit.train import Trainer
 
@@ -58,3 +60,27 @@ def test_local_dsm_on_linear_process(tmp_path):
     tr = Trainer(_cfg(["objective=local_dsm", *SMALL]), run_dir=tmp_path)
     assert tr.objective.kernel_name == "exact"
     tr.fit()
+
+
+DIGITS_SMALL = [o for o in SMALL if not o.startswith("data.")]  # digits: a fixed set
+
+
+@pytest.mark.slow
+def test_digits_reflected_trains_and_samples_in_the_box(tmp_path):
+    """experiment=digits_reflected: digits in [0, 1], reflected DSM, 20 training steps, then the
+    folded sampler: every sample in [0, 1] (nothing clipped), NFE = steps."""
+    tr = Trainer(_cfg(["experiment=digits_reflected", *DIGITS_SMALL]), run_dir=tmp_path)
+    assert isinstance(tr.sde, ReflectedSDE) and isinstance(tr.objective, ReflectedDSM)
+    assert float(tr.train_x.min()) == 0.0 and float(tr.train_x.max()) == 1.0
+    tr.fit()
+    metrics = tr.evaluate()
+    assert metrics["nfe"] == 20 and metrics["nonfinite_samples"] == 0
+    assert metrics["out_of_range_fraction"] == 0.0
+    x = tr.sample(50, {"method": "em", "steps": 5, "denoise": "none"}).x
+    assert tr.sde.contains(x).all()
+
+
+def test_data_outside_the_box_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"spans \[-1, 1\], outside the box \[0, 1\]"):
+        Trainer(_cfg(["experiment=digits_reflected", "data.low=-1.0", *DIGITS_SMALL]),
+                run_dir=tmp_path)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from scorekit.data.boltzmann import CLEAN_SCORES, banana, double_well
-from scorekit.data.images import digits
+from scorekit.data.images import DIGITS_RANGE, digits
 from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
 
 __all__ = ["Dataset", "make_dataset", "DATASETS", "CLEAN_SCORES", "gmm", "gmm_params", "moons",
@@ -23,7 +23,8 @@ DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and held-out test samples, (N, *sample_shape); kind is "points" or "image"."""
+    """Train and held-out test samples, (N, *sample_shape); kind is "points" or "image";
+    value_range: the interval every element lies in (images), or None."""
 
     name: str
     train: Tensor
@@ -31,6 +32,7 @@ class Dataset:
     kind: str
     sample_shape: tuple[int, ...]
     params: dict[str, Any] = field(default_factory=dict)
+    value_range: tuple[float, float] | None = None
 
     @property
     def dim(self) -> int:
@@ -65,8 +67,8 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
                  **params: Any) -> Dataset:
     """Build a dataset by name; synthetic ones draw n_train + n_test points with `seed`.
 
-    "digits" has 1797 images: `n_test` (at most 1797 // 4) are held out, the rest train
-    (`n_train` caps the training set).
+    "digits" has 1797 images in [low, high] (default [-1, 1]): `n_test` (at most 1797 // 4) are
+    held out, the rest train (`n_train` caps the training set).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}")
@@ -80,10 +82,12 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
             raise ValueError(f"unknown parameter {key!r} for dataset {name!r}; valid: {valid}")
     gen = torch.Generator().manual_seed(seed)
     if name == "digits":
-        images = digits()
+        images = digits(**params)
         perm = torch.randperm(images.shape[0], generator=gen)
         n_test = min(n_test, images.shape[0] // 4)
         test, train = images[perm[:n_test]], images[perm[n_test:]][:n_train]
-        return Dataset(name, train, test, "image", tuple(images.shape[1:]), dict(params))
+        bounds = (float(params.get("low", DIGITS_RANGE[0])),
+                  float(params.get("high", DIGITS_RANGE[1])))
+        return Dataset(name, train, test, "image", tuple(images.shape[1:]), dict(params), bounds)
     x = fn(n_train + n_test, generator=gen, **params)
     return Dataset(name, x[:n_train], x[n_train:], "points", (2,), dict(params))

@@ -55,6 +55,10 @@ def noised(obj, x0: Tensor, t: Tensor | float | None, noise: Tensor | None,
 
 def check_linear(sde: SDE, objective: str) -> None:
     """Raise unless `sde` has Gaussian transitions (closed-form alpha_t, sigma_t)."""
+    if sde.is_reflected:
+        raise ValueError(f"{objective} needs a process with Gaussian transitions; "
+                         f"{type(sde).__name__} is reflected at the faces of a box: use "
+                         "ReflectedDSM (objective=reflected_dsm)")
     if not sde.is_linear:
         raise ValueError(f"{objective} needs a linear process with Gaussian transitions; "
                          f"{type(sde).__name__} has a non-linear drift: use LocalDSM")

@@ -144,6 +144,9 @@ class LocalDSM:
     def __init__(self, sde: SDE, h_max: float | None = None, h_frac: float = 0.5,
                  kernel: str = "auto", substeps: int = 10, forward_steps: int = 100,
                  t_min: float | None = None, reduction: str = "sum"):
+        if sde.is_reflected:
+            raise ValueError(f"LocalDSM's Gaussian short-step kernels ignore the reflection of "
+                             f"{type(sde).__name__} at the box faces: use ReflectedDSM")
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; valid: {list(KERNELS)}")
         if kernel == "exact" and not sde.is_linear:
