@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scorekit.nets import MODELS, EDMPrecond, UNetScore, make_model
-from scorekit.sde import VPSDE, EDMSDE
+from scorekit.sde import EDMSDE, VPSDE
 
 TINY = dict(channels=(16, 32), layers_per_block=1, attention=(False, True), norm_groups=8)
 
