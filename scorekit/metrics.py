@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scorekit.features import FeatureExtractor, FeatureStats
+
+__all__ = ["sliced_wasserstein", "gaussian_frechet", "frechet_distance", "mmd", "mode_metrics",
+           "FeatureExtractor", "FeatureStats"]
+
 
 def _flat(x: Tensor, name: str) -> Tensor:
     if x.dim() < 2 or x.shape[0] < 2:
@@ -60,13 +65,20 @@ def gaussian_frechet(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
     return float((mu1 - mu2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * cross.trace())
 
 
-def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to features (N, F) and (M, F) (FID's formula)."""
-    a, b = _flat(feats_a, "feats_a"), _flat(feats_b, "feats_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dims differ: {a.shape[1]} vs {b.shape[1]}")
-    return gaussian_frechet(a.mean(0), torch.cov(a.T).reshape(a.shape[1], -1), b.mean(0),
-                            torch.cov(b.T).reshape(b.shape[1], -1))
+def _moments(feats: Tensor | FeatureStats, name: str) -> tuple[Tensor, Tensor]:
+    if isinstance(feats, FeatureStats):
+        return feats.mean.cpu(), feats.cov.cpu()
+    x = _flat(feats, name)
+    return x.mean(0), torch.cov(x.T).reshape(x.shape[1], -1)
+
+
+def frechet_distance(feats_a: Tensor | FeatureStats, feats_b: Tensor | FeatureStats) -> float:
+    """Fréchet distance between Gaussians fitted to features (N, F) and (M, F) (FID's formula);
+    either side may be a streaming `FeatureStats` instead."""
+    (mu_a, cov_a), (mu_b, cov_b) = _moments(feats_a, "feats_a"), _moments(feats_b, "feats_b")
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"feature dims differ: {mu_a.shape[0]} vs {mu_b.shape[0]}")
+    return gaussian_frechet(mu_a, cov_a, mu_b, cov_b)
 
 
 def mmd(a: Tensor, b: Tensor, bandwidth: float | None = None, chunk: int = 2048) -> float:

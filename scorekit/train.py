@@ -97,7 +97,8 @@ class Trainer:
                 params["sigma_data"] = float(self.data.train.std())
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)  # seeded network initialisation, global RNG untouched
-                self.model = make_model(name, self.data.dim, self.sde, **params)
+                self.model = make_model(name, self.data.dim, self.sde,
+                                        sample_shape=self.data.sample_shape, **params)
         self.model.to(self.device, self.dtype)
         name, params = split_named(cfg.objective)
         data_score = self.data.score if self.data.has_clean_score else None

@@ -11,14 +11,16 @@ import torch
 from torch import Tensor
 
 from scorekit.data.boltzmann import CLEAN_SCORES, banana, double_well
-from scorekit.data.images import DIGITS_RANGE, digits
+from scorekit.data.images import IMAGE_RANGE, digits, folder, patches
 from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
 
 __all__ = ["Dataset", "make_dataset", "DATASETS", "CLEAN_SCORES", "gmm", "gmm_params", "moons",
-           "swissroll", "checkerboard", "digits", "banana", "double_well"]
+           "swissroll", "checkerboard", "digits", "banana", "double_well", "patches", "folder"]
 
 DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": checkerboard,
-            "digits": digits, "banana": banana, "double_well": double_well}
+            "digits": digits, "banana": banana, "double_well": double_well, "patches": patches,
+            "folder": folder}
+FIXED_SETS = ("digits", "folder")  # a fixed collection of images, split rather than drawn
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,9 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
                  **params: Any) -> Dataset:
     """Build a dataset by name; synthetic ones draw n_train + n_test points with `seed`.
 
-    "digits" has 1797 images in [low, high] (default [-1, 1]): `n_test` (at most 1797 // 4) are
-    held out, the rest train (`n_train` caps the training set).
+    "digits" (1797 images, in [low, high], default [-1, 1]) and "folder" (in [-1, 1]) are
+    fixed sets: `n_test` (at most a quarter) are held out, the rest train (`n_train` caps the
+    training set). "patches" draws n_train + n_test crops in [-1, 1].
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}")
@@ -81,13 +84,16 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
         if key not in valid:
             raise ValueError(f"unknown parameter {key!r} for dataset {name!r}; valid: {valid}")
     gen = torch.Generator().manual_seed(seed)
-    if name == "digits":
-        images = digits(**params)
+    if name in FIXED_SETS:
+        images = fn(**params)
         perm = torch.randperm(images.shape[0], generator=gen)
         n_test = min(n_test, images.shape[0] // 4)
         test, train = images[perm[:n_test]], images[perm[n_test:]][:n_train]
-        bounds = (float(params.get("low", DIGITS_RANGE[0])),
-                  float(params.get("high", DIGITS_RANGE[1])))
+        bounds = (float(params.get("low", IMAGE_RANGE[0])),
+                  float(params.get("high", IMAGE_RANGE[1])))
         return Dataset(name, train, test, "image", tuple(images.shape[1:]), dict(params), bounds)
     x = fn(n_train + n_test, generator=gen, **params)
-    return Dataset(name, x[:n_train], x[n_train:], "points", (2,), dict(params))
+    if x.dim() == 4:  # drawn images (patches)
+        return Dataset(name, x[:n_train], x[n_train:], "image", tuple(x.shape[1:]),
+                       dict(params), IMAGE_RANGE)
+    return Dataset(name, x[:n_train], x[n_train:], "points", tuple(x.shape[1:]), dict(params))

@@ -2,17 +2,25 @@
 
 from scorekit.nets.mlp import MLP, MLPScore
 from scorekit.nets.param import PARAMETERIZATIONS, ScoreModel
+from scorekit.nets.precond import EDMPrecond
+from scorekit.nets.unet import UNet, UNetScore
 
-__all__ = ["MLP", "MLPScore", "ScoreModel", "PARAMETERIZATIONS", "make_model"]
+__all__ = ["MLP", "MLPScore", "ScoreModel", "PARAMETERIZATIONS", "make_model", "EDMPrecond", "UNet",
+           "UNetScore"]
 
-MODELS = {"mlp": MLPScore}
+MODELS = {"mlp": MLPScore, "unet": UNetScore}
 
 
-def make_model(name: str, dim: int, sde, **params) -> ScoreModel:
-    """Build a score model by name ("mlp") for data with `dim` elements per sample."""
+def make_model(name: str, dim: int, sde, sample_shape: tuple[int, ...] | None = None,
+               **params) -> ScoreModel:
+    """Build a score model by name ("mlp", "unet") for data with `dim` elements per sample;
+    `sample_shape` (e.g. (C, H, W)) reaches the models that take it (the UNet needs it)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
-    from scorekit._validate import check_kwargs
+    from scorekit._validate import accepted_kwargs, check_kwargs
 
-    check_kwargs(MODELS[name], params, where=f"model '{name}'", exclude=("dim", "sde"))
+    check_kwargs(MODELS[name], params, where=f"model '{name}'",
+                 exclude=("dim", "sde", "sample_shape"))
+    if sample_shape is not None and "sample_shape" in (accepted_kwargs(MODELS[name]) or ()):
+        params["sample_shape"] = tuple(sample_shape)
     return MODELS[name](dim, sde, **params)
