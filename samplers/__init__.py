@@ -18,6 +18,7 @@ from samplers.closed_form import closed_form
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
 from samplers.ggf import gotta_go_fast
+from samplers.jacobi import jacobi
 from samplers.likelihood import bits_per_dim, log_likelihood
 from samplers.ode import heun, probability_flow
 from samplers.sde_solvers import euler_maruyama, predictor_corrector
@@ -38,8 +39,11 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "ggf": gotta_go_fast,
     "closed_form": closed_form,
     "fkc": fkc_anneal,
+    "jacobi": jacobi,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
+
+_SIMPLEX_METHODS = ("jacobi",)  # samplers of processes on the simplex (stick coordinates)
 
 
 def available() -> list[str]:
@@ -75,10 +79,14 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     """
     if method not in _METHODS:
         raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
-    if not sde.is_linear and method != "em":
+    if not sde.is_linear and method not in ("em", *_SIMPLEX_METHODS):
         raise ValueError(f"method {method!r} needs a linear process with Gaussian transitions; "
                          f"{type(sde).__name__} has a non-linear drift: use method='em'")
     fn = _METHODS[method]
+    if getattr(sde, "on_simplex", False) != (method in _SIMPLEX_METHODS):
+        raise ValueError(f"method {method!r} and process {type(sde).__name__} do not match: "
+                         f"simplex processes (JacobiDiffusion) take {sorted(_SIMPLEX_METHODS)}, "
+                         "the others take every other method")
     valid = accepted_kwargs(fn)
     if valid is not None:
         for key in options:

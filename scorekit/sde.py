@@ -332,13 +332,16 @@ SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm"
 
 
 def make_sde(name: str, **params) -> SDE:
-    """Build a process by name ("vp", "subvp", "ve", "edm", or a non-linear one of
-    `scorekit.nonlinear_sde.NONLINEAR_SDES`, e.g. "double_well") with keyword parameters."""
+    """Build a process by name ("vp", "subvp", "ve", "edm", a non-linear one of
+    `scorekit.nonlinear_sde.NONLINEAR_SDES`, e.g. "double_well", or "jacobi" for Dirichlet
+    diffusion on the simplex) with keyword parameters."""
+    from scorekit.dirichlet import JacobiDiffusion
     from scorekit.nonlinear_sde import NONLINEAR_SDES
 
-    registry = {**SDES, **NONLINEAR_SDES}
+    registry = {**SDES, **NONLINEAR_SDES, "jacobi": JacobiDiffusion}
     if name not in registry:
-        raise ValueError(f"unknown sde {name!r}; valid: {sorted(SDES) + sorted(NONLINEAR_SDES)}")
+        raise ValueError(f"unknown sde {name!r}; valid: {sorted(SDES) + sorted(NONLINEAR_SDES)}"
+                         " + ['jacobi']")
     from scorekit._validate import check_kwargs
 
     cls = registry[name]

@@ -190,11 +190,16 @@ class Trainer:
         ema_p = list(self.ema.parameters())
         torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1 - decay)
 
+    def batch_loss(self) -> torch.Tensor:
+        """Loss of one freshly drawn training batch (scalar, with graph)."""
+        idx = torch.randint(self.train_x.shape[0], (self.cfg.trainer.batch_size,),
+                            generator=self.data_gen)
+        x0 = self.train_x[idx.to(self.device)]
+        return self.objective(self.model, x0, generator=self.noise_gen)
+
     def train_step(self) -> torch.Tensor:
         t = self.cfg.trainer
-        idx = torch.randint(self.train_x.shape[0], (t.batch_size,), generator=self.data_gen)
-        x0 = self.train_x[idx.to(self.device)]
-        loss = self.objective(self.model, x0, generator=self.noise_gen)
+        loss = self.batch_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip is not None:
@@ -206,8 +211,10 @@ class Trainer:
         self._update_ema()
         return loss.detach()
 
-    def fit(self, until: int | None = None, logger: WandbLogger | None = None) -> None:
-        """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume)."""
+    def fit(self, until: int | None = None, logger: WandbLogger | None = None,
+            max_time_s: float | None = None) -> None:
+        """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume, or
+        once the run's total training time reaches `max_time_s`, checkpointing there)."""
         t = self.cfg.trainer
         if self.closed_form:
             tqdm.write(f"model=closed_form has no training step (trainer.steps={t.steps} "
@@ -238,10 +245,14 @@ class Trainer:
                     logger.log({"loss": mean, "lr": self._lr(self.step - 1)}, step=self.step)
                 acc.zero_()
                 n_acc = 0
-            if self.step % t.ckpt_every == 0 or self.step == t.steps:
+            out_of_time = (max_time_s is not None
+                           and self.train_time + time.perf_counter() - start >= max_time_s)
+            if self.step % t.ckpt_every == 0 or self.step == t.steps or out_of_time:
                 self.train_time += time.perf_counter() - start
                 start = time.perf_counter()
                 self.save_checkpoint()
+            if out_of_time:
+                break
         self.train_time += time.perf_counter() - start
         bar.close()
 
@@ -359,6 +370,17 @@ class Trainer:
         cfg = OmegaConf.load(cfg_path)
         cfg.trainer.resume = False
         cfg = OmegaConf.merge(cfg, overrides)
-        trainer = cls(cfg, run_dir=run_dir, save_config=False)
+        klass = trainer_class(cfg) if cls is Trainer else cls
+        trainer = klass(cfg, run_dir=run_dir, save_config=False)
         trainer.load_checkpoint(checkpoint or trainer.ckpt_path, weights_only=False)
         return trainer
+
+
+def trainer_class(cfg: DictConfig | dict) -> type[Trainer]:
+    """The trainer for a config: `SudokuTrainer` for categorical Sudoku data, else `Trainer`."""
+    data = cfg.get("data") or {}
+    if data.get("name") == "sudoku":
+        from scorekit.train_sudoku import SudokuTrainer
+
+        return SudokuTrainer
+    return Trainer

@@ -12,18 +12,20 @@ from torch import Tensor
 
 from scorekit.data.boltzmann import CLEAN_SCORES, banana, double_well
 from scorekit.data.images import digits
+from scorekit.data.sudoku import sudoku_grids
 from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
 
 __all__ = ["Dataset", "make_dataset", "DATASETS", "CLEAN_SCORES", "gmm", "gmm_params", "moons",
            "swissroll", "checkerboard", "digits", "banana", "double_well"]
 
 DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": checkerboard,
-            "digits": digits, "banana": banana, "double_well": double_well}
+            "digits": digits, "banana": banana, "double_well": double_well, "sudoku": sudoku_grids}
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and held-out test samples, (N, *sample_shape); kind is "points" or "image"."""
+    """Train and held-out test samples, (N, *sample_shape); kind is "points", "image" or
+    "sudoku" (digit grids (N, 9, 9), modelled as one-hot boards of shape (81, 9))."""
 
     name: str
     train: Tensor
@@ -66,7 +68,8 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
     """Build a dataset by name; synthetic ones draw n_train + n_test points with `seed`.
 
     "digits" has 1797 images: `n_test` (at most 1797 // 4) are held out, the rest train
-    (`n_train` caps the training set).
+    (`n_train` caps the training set). "sudoku" draws n_train + n_test complete grids (B, 9, 9);
+    its options (`sudoku`'s keywords) configure training givens and evaluation puzzles.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}")
@@ -79,6 +82,9 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
         if key not in valid:
             raise ValueError(f"unknown parameter {key!r} for dataset {name!r}; valid: {valid}")
     gen = torch.Generator().manual_seed(seed)
+    if name == "sudoku":
+        grids = sudoku_grids(n_train + n_test, generator=gen, **params)
+        return Dataset(name, grids[:n_train], grids[n_train:], "sudoku", (81, 9), dict(params))
     if name == "digits":
         images = digits()
         perm = torch.randperm(images.shape[0], generator=gen)
