@@ -46,6 +46,7 @@ def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzl
 
     `overrides`: space-separated Hydra overrides for the training config (model size etc.).
     """
+    env = environment()   # at launch: the commit that trains and evaluates
     extra = overrides.split() if overrides else []
     if quick:
         budget_min = min(budget_min, 0.5)
@@ -69,7 +70,7 @@ def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzl
             rows.append(row)
             print(markdown_table([row], list(row)).splitlines()[-1], flush=True)
     payload = {
-        "suite": "sudoku", "env": environment(), "budget_min": budget_min,
+        "suite": "sudoku", "env": env, "budget_min": budget_min,
         "train_time_s": trainer.train_time, "train_steps": trainer.step,
         "batch_size": trainer.cfg.trainer.batch_size, "n_puzzles": n_puzzles, "seed": seed,
         "config": {k: dict(trainer.cfg[k]) for k in ("model", "sde", "objective", "trainer")},

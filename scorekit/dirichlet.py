@@ -134,6 +134,26 @@ class JacobiDiffusion:
         self.times = self.T * torch.arange(1, n_time + 1, dtype=torch.float64) / n_time
         self._tables = self._load_or_build()
         self.loss_weight = self._loss_weight()
+        table = self._tables["table"]
+        # Lookup layouts: rows of (log p, score) and CDF rows, indexed by (stick, start, time).
+        self._pairs = table[..., :2].contiguous().reshape(-1, 2)
+        self._cdf = table[..., 2].contiguous().reshape(-1, n_grid)
+        self._grid = self._tables["grid"]
+
+    @property
+    def device(self) -> torch.device:
+        return self._pairs.device
+
+    def to(self, device: torch.device | str) -> JacobiDiffusion:
+        """Move the lookup tables to `device` (in place); inputs must live there too."""
+        self._pairs, self._cdf = self._pairs.to(device), self._cdf.to(device)
+        self._grid = self._grid.to(device)
+        return self
+
+    def _check_device(self, x: Tensor) -> None:
+        if x.device != self.device:
+            raise ValueError(f"inputs on {x.device} but the JacobiDiffusion tables on "
+                             f"{self.device}; call jacobi.to({str(x.device)!r})")
 
     # --- tables ----------------------------------------------------------------------------
     def _key(self) -> dict:
@@ -218,12 +238,12 @@ class JacobiDiffusion:
     def _lookup(self, t: Tensor, log_v: Tensor, log_1mv: Tensor) -> Tensor:
         """Bilinear [log p, score] of every stick from both starts: (..., K-1, 2, 2) where the
         second-to-last axis is the start (0, 1); t: (B,), log_v: (B, *D, K-1)."""
-        table = self._tables["table"].to(log_v.device)
-        ti, tw, zi, zw = self._positions(t, log_v, log_1mv)
+        self._check_device(log_v)
+        ti, tw, zi, zw = self._positions(t.to(log_v.device), log_v, log_1mv)
         shape = (-1,) + (1,) * (log_v.dim() - 1)
         ti, tw = ti.reshape(shape), tw.reshape(shape)
         stick = torch.arange(self.K - 1, device=log_v.device)
-        flat = table[..., :2].reshape(-1, 2)
+        flat = self._pairs
         out = 0
         for dt, wt in ((0, 1 - tw), (1, tw)):
             for dz, wz in ((0, 1 - zw), (1, zw)):
@@ -308,20 +328,21 @@ class JacobiDiffusion:
 
     def _inverse_cdf(self, u: Tensor, stick: Tensor, start: Tensor, ti: Tensor) -> Tensor:
         """v with CDF(v) = u on the table rows (stick, start, ti), piecewise linear in v."""
-        grid = self._tables["grid"].to(u.device)
-        cdf = self._tables["table"][..., 2].to(u.device).double().reshape(-1, self.n_grid)
+        self._check_device(u)
+        grid, cdf = self._grid, self._cdf
         row = ((stick * 2 + start) * self.n_time + ti).reshape(-1)
-        uf = u.reshape(-1)
+        uf = u.reshape(-1).float()   # the CDF is stored in float32 (resolution 6e-8)
         lo = torch.zeros_like(row)
         hi = torch.full_like(row, self.n_grid - 1)
         while bool((hi - lo > 1).any()):  # bisection: cdf[row, lo] <= u < cdf[row, hi]
             mid = (lo + hi) // 2
             go_right = cdf[row, mid] <= uf
             lo, hi = torch.where(go_right, mid, lo), torch.where(go_right, hi, mid)
-        c_lo, c_hi = cdf[row, lo], cdf[row, hi]
+        uf = uf.double()
+        c_lo, c_hi = cdf[row, lo].double(), cdf[row, hi].double()
         frac = ((uf - c_lo) / (c_hi - c_lo).clamp_min(1e-300)).clamp(0, 1)
         v = grid[lo] + frac * (grid[hi] - grid[lo])
-        first, last = cdf[row, 0], cdf[row, -1]
+        first, last = cdf[row, 0].double(), cdf[row, -1].double()
         v = torch.where(uf < first, grid[0] * uf / first.clamp_min(1e-300), v)
         v = torch.where(uf >= last, grid[-1] + (uf - last) / (1 - last).clamp_min(1e-300)
                         * (1 - grid[-1]), v)

@@ -45,6 +45,8 @@ class SudokuTrainer(Trainer):
         self.train_grids = self.data.train
         name, params = split_named(cfg.sde)
         self.sde = make_sde(name, **params)
+        if hasattr(self.sde, "to"):
+            self.sde.to(self.device)   # the series lookup tables
         if not getattr(self.sde, "on_simplex", False) or self.sde.K != 9:
             raise ConfigError(f"sde must be a 9-category simplex process (sde=jacobi), got "
                               f"{self.sde!r}")

@@ -59,10 +59,13 @@ class DirichletDSM:
     def sample_index(self, n: int, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> Tensor:
         """Time-grid indices (n,): ∝ w(t) with importance sampling, else uniform."""
+        gen_device = generator.device if generator is not None else torch.device("cpu")
         if self.importance_sampling:
-            return torch.multinomial(self.jacobi.loss_weight, n, replacement=True,
-                                     generator=generator).to(device)
-        return torch.randint(self.jacobi.n_time, (n,), generator=generator).to(device)
+            idx = torch.multinomial(self.jacobi.loss_weight.to(gen_device), n, replacement=True,
+                                    generator=generator)
+        else:
+            idx = torch.randint(self.jacobi.n_time, (n,), generator=generator, device=gen_device)
+        return idx.to(device) if device is not None else idx
 
     def per_sample(self, model: Score, x0: Tensor, t_index: Tensor | None = None,
                    known: Tensor | None = None, generator: torch.Generator | None = None
