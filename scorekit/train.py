@@ -64,13 +64,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
                  save_config: bool = True):
-        self.cfg = validate(cfg)
-        cfg = self.cfg
-        self.run_dir = Path(run_dir if run_dir is not None else Path.cwd())
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = _resolve_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
-
+        cfg = self._init_run(cfg, run_dir)
         name, params = split_named(cfg.data)
         self.data = make_dataset(name, seed=cfg.seed, **params)
         self.train_x = self.data.train.to(self.device, self.dtype)
@@ -94,22 +88,35 @@ class Trainer:
         name, params = split_named(cfg.objective)
         data_score = self.data.score if self.data.has_clean_score else None
         self.objective = make_objective(name, self.sde, data_score=data_score, **params)
-        t = cfg.trainer
+        self._init_training(save_config)
+
+    def _init_run(self, cfg: DictConfig | dict, run_dir: str | Path | None) -> DictConfig:
+        """Validated config, run directory, device and dtype (shared by every trainer)."""
+        self.cfg = validate(cfg)
+        self.run_dir = Path(run_dir if run_dir is not None else Path.cwd())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = _resolve_device(self.cfg.device)
+        self.dtype = getattr(torch, self.cfg.dtype)
+        return self.cfg
+
+    def _init_training(self, save_config: bool) -> None:
+        """EMA, optimizer, RNGs and counters for `self.model` (built by the subclass's init)."""
+        t = self.cfg.trainer
         if self.closed_form:
             self.ema, self.optimizer = self.model, None
         else:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
                                               weight_decay=t.weight_decay)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
-        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.data_gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.noise_gen = torch.Generator(self.device).manual_seed(self.cfg.seed + 1)
         self.step = 0
         self.loss_history: list[float] = []  # mean loss of each log interval
         self.train_time = 0.0
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
         self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
         if save_config:
-            OmegaConf.save(cfg, self.run_dir / "config.yaml")
+            OmegaConf.save(self.cfg, self.run_dir / "config.yaml")
 
     # --- checkpoints ---------------------------------------------------------------------
     @property
@@ -224,6 +231,8 @@ class Trainer:
             self.train_time += time.perf_counter() - start
             return
         self._maybe_resume()
+        if max_time_s is not None and self.train_time >= max_time_s:
+            return  # the time budget is spent (e.g. a finished budgeted run being re-evaluated)
         end = t.steps if until is None else min(until, t.steps)
         self.model.train()
         acc, n_acc = torch.zeros((), device=self.device), 0

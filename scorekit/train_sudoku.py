@@ -9,7 +9,6 @@ and box is valid and the givens are kept.
 
 from __future__ import annotations
 
-import copy
 import json
 from functools import partial
 from pathlib import Path
@@ -19,13 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import samplers
-from scorekit.config import ConfigError, split_named, validate
+from scorekit.config import ConfigError, split_named
 from scorekit.data import make_dataset
 from scorekit.data.sudoku import augment, from_onehot, is_latin, make_puzzles, solves, to_onehot
 from scorekit.nets import make_model
 from scorekit.objectives import make_objective
 from scorekit.sde import make_sde
-from scorekit.train import Trainer, _resolve_device
+from scorekit.train import Trainer
 
 
 class SudokuTrainer(Trainer):
@@ -33,11 +32,7 @@ class SudokuTrainer(Trainer):
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
                  save_config: bool = True):
-        self.cfg = cfg = validate(cfg)
-        self.run_dir = Path(run_dir if run_dir is not None else Path.cwd())
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = _resolve_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
+        cfg = self._init_run(cfg, run_dir)
         name, params = split_named(cfg.data)
         if name != "sudoku":
             raise ConfigError(f"SudokuTrainer needs data=sudoku, got {name!r}")
@@ -58,16 +53,7 @@ class SudokuTrainer(Trainer):
         name, params = split_named(cfg.objective)
         self.objective = make_objective(name, self.sde, **params)
         self.closed_form = False
-        self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.trainer.lr,
-                                          weight_decay=cfg.trainer.weight_decay)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
-        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
-        self.step, self.loss_history, self.train_time = 0, [], 0.0
-        self._resume_checked = False
-        self._teleports = {}
-        if save_config:
-            OmegaConf.save(cfg, self.run_dir / "config.yaml")
+        self._init_training(save_config)
 
     # --- training --------------------------------------------------------------------------
     def batch_loss(self) -> torch.Tensor:

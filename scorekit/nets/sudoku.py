@@ -5,8 +5,11 @@ on each cell independently, the exact score of cell i is sum_c P(x0_i = c | x_t)
 q(x_t,i | e_c), and P(x0_i = c | x_t) ∝ q(x_t,i | e_c) P(x0_i = c | other cells). The network
 therefore adds logits to each cell's exact log-likelihoods `log q(x_t,i | e_c)` (from the
 process tables): with zero output it is the exact score of independent uniform cells, and it only
-has to learn what the other cells say. Attention carries learned per-head biases for the Sudoku
-relations (same row, column, box), and cells get row / column / box embeddings.
+has to learn what the other cells say. Cells get row / column / box embeddings; the blocks are
+pre-norm transformer blocks whose token mixing is either attention with learned per-head biases
+for the Sudoku relations (same row, column, box; `mixer="attention"`) or exact message passing
+along the 27 units (`mixer="units"`: each cell receives the mean of its row, column and box
+peers' projected features), which costs O(81) instead of O(81^2) per channel.
 """
 
 from __future__ import annotations
