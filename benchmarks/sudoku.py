@@ -45,10 +45,14 @@ def _trainer(run_dir: Path, overrides: list[str]):
 
 
 def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzles: int = 64,
-        quick: bool = False, seed: int = 0, overrides: str = "") -> dict[str, Any]:
+        quick: bool = False, seed: int = 0, overrides: str = "", clues: list[int] | None = None,
+        main: dict | None = None, sweep: list[dict] | None = None,
+        sweep_clues: list[int] | None = None, name: str = "sudoku") -> dict[str, Any]:
     """Train for `budget_min` minutes of training time (total over resumes), then evaluate.
 
     `overrides`: space-separated Hydra overrides for the training config (model size etc.).
+    `clues`, `main`, `sweep`, `sweep_clues` replace CLUES, MAIN, SWEEP, SWEEP_CLUES (e.g. to
+    re-evaluate a trained run with other samplers); results go to results/<name>.*.
     """
     env = environment()   # at launch: the commit that trains and evaluates
     extra = overrides.split() if overrides else []
@@ -59,11 +63,13 @@ def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzl
                  "data.n_train=50", "data.n_test=16", *extra]
     trainer = _trainer(ROOT / run_dir, extra)
     trainer.fit(max_time_s=budget_min * 60)
-    clues = [30, 40] if quick else CLUES
-    sweep = SWEEP[:2] if quick else SWEEP
+    main = dict(main or MAIN)
+    clues = clues or ([30, 40] if quick else CLUES)
+    sweep = sweep if sweep is not None else (SWEEP[:2] if quick else SWEEP)
+    sweep_clues = sweep_clues if sweep_clues is not None else SWEEP_CLUES
     rows = []
     for n_clues in clues:
-        settings = [MAIN] + (sweep if n_clues in SWEEP_CLUES else [])
+        settings = [main] + (sweep if n_clues in sweep_clues else [])
         puzzles = trainer.puzzles(n_clues, n_puzzles, seed=seed)
         for opts in settings:
             start = time.perf_counter()
@@ -78,10 +84,10 @@ def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzl
         "train_time_s": trainer.train_time, "train_steps": trainer.step,
         "batch_size": trainer.cfg.trainer.batch_size, "n_puzzles": n_puzzles, "seed": seed,
         "config": {k: dict(trainer.cfg[k]) for k in ("model", "sde", "objective", "trainer")},
-        "overrides": extra, "rows": rows,
+        "overrides": extra, "main": main, "rows": rows,
     }
-    name = "sudoku_quick" if quick else "sudoku"
-    _plot(rows, ROOT / "benchmarks" / "results" / f"{name}.png")
+    name = f"{name}_quick" if quick else name
+    _plot(rows, main, ROOT / "benchmarks" / "results" / f"{name}.png")
     write(name, payload, _markdown(payload))
     return payload
 
@@ -100,30 +106,36 @@ def _markdown(p: dict[str, Any]) -> str:
     return head + markdown_table(p["rows"], cols) + "\n"
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], main: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
-    main = [r for r in rows if r["steps"] == MAIN["steps"] and r["time_dilation_start"] is None
-            and r["time_dilation"] == MAIN["time_dilation"]]
-    left.plot([r["clues"] for r in main], [r["solved_fraction"] for r in main], "o-",
+    mains = [r for r in rows if r["steps"] == main["steps"] and r["time_dilation_start"] is None
+             and r["time_dilation"] == main.get("time_dilation", 1)]
+    left.plot([r["clues"] for r in mains], [r["solved_fraction"] for r in mains], "o-",
               label="solved (rows, cols, boxes)")
-    left.plot([r["clues"] for r in main], [r["rows_cols_only_fraction"] for r in main], "s--",
+    left.plot([r["clues"] for r in mains], [r["rows_cols_only_fraction"] for r in mains], "s--",
               label="rows + cols only")
     left.set(xlabel="clues", ylabel="fraction of puzzles", ylim=(0, 1.02),
-             title=f"{MAIN['steps']} steps x dilation {MAIN['time_dilation']}")
+             title=f"{main['steps']} steps x dilation {main.get('time_dilation', 1)}")
     left.legend(fontsize=8)
     for n_clues in sorted({r["clues"] for r in rows}):
-        for dil in sorted({r["time_dilation"] for r in rows}):
-            pts = sorted((r["nfe"], r["solved_fraction"]) for r in rows
-                         if r["clues"] == n_clues and r["time_dilation"] == dil
+        plain = sorted((r["nfe"], r["solved_fraction"]) for r in rows
+                       if r["clues"] == n_clues and r["time_dilation"] == 1)
+        dilated = sorted((r["nfe"], r["solved_fraction"]) for r in rows
+                         if r["clues"] == n_clues and r["steps"] == main["steps"]
                          and r["time_dilation_start"] is None)
-            if len(pts) > 1 or (dil > 1 and pts):
-                right.plot(*zip(*pts, strict=True), "o-" if dil == 1 else "^:",
-                           label=f"{n_clues} clues, dilation {dil}")
+        if len(plain) > 1:
+            right.plot(*zip(*plain, strict=True), "o-", label=f"{n_clues} clues, plain steps")
+        if len(dilated) > 1:
+            right.plot(*zip(*dilated, strict=True), "^--",
+                       label=f"{n_clues} clues, {main['steps']} steps x dilation")
     right.set(xscale="log", xlabel="NFE per puzzle", ylabel="solved fraction",
-              ylim=(0, 1.02), title="steps and time dilation")
+              ylim=(0, 1.02), title="steps vs time dilation at equal NFE")
+    right.xaxis.set_major_formatter(ScalarFormatter())
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

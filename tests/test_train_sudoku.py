@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["experiment=sudoku", "trainer.batch_size=32", "trainer.progress=false",
         "trainer.warmup=10", "trainer.lr=3e-3", "model.width=32", "model.depth=2",
         "data.n_train=100", "data.n_test=32", "data.eval_clues=[50]", "eval.n_samples=32",
-        "sampler.steps=20", "sde.n_time=60", "sde.n_grid=256", "eval.plot=false"]
+        "sampler.steps=20", "sampler.time_dilation=1", "sde.n_time=60", "sde.n_grid=256",
+        "eval.plot=false"]
 
 
 def _cfg(tmp_path, overrides):
@@ -45,6 +46,7 @@ def test_tiny_model_beats_random_filling(tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path):
     overrides = ["trainer.steps=4", "trainer.ckpt_every=2", "trainer.log_every=2",
                  "data.n_train=20"]
@@ -59,6 +61,12 @@ def test_resume_is_bit_exact(tmp_path):
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert trainer_class(resumed.cfg) is SudokuTrainer
+    # Time budgets: a spent budget trains nothing; a tiny one stops after a step, checkpointed.
+    resumed.fit(max_time_s=resumed.train_time)
+    assert resumed.step == 4
+    budget = SudokuTrainer(_cfg(tmp_path, overrides), run_dir=tmp_path / "budget")
+    budget.fit(max_time_s=1e-9)
+    assert budget.step == 1 and budget.ckpt_path.is_file()
 
 
 @pytest.mark.slow
