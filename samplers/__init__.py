@@ -41,6 +41,7 @@ from samplers.constrained import (
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
 from samplers.ggf import gotta_go_fast
+from samplers.jacobi import jacobi
 from samplers.likelihood import bits_per_dim, log_likelihood
 from samplers.ode import heun, probability_flow
 from samplers.sde_solvers import euler_maruyama, predictor_corrector
@@ -65,8 +66,11 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "reflected_em": reflected_em,
     "reflected_pc": reflected_pc,
     "reflected_ode": reflected_ode,
+    "jacobi": jacobi,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
+
+_SIMPLEX_METHODS = ("jacobi",)  # samplers of processes on the simplex (stick coordinates)
 
 
 def available() -> list[str]:
@@ -143,10 +147,17 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
 
 def _resolve_method(method: str, sde: SDE) -> str:
     """The registered method that samples `sde`: "em"/"pc" become their reflected versions for
-    a reflected process; raises for combinations that would sample the wrong process."""
+    a reflected process, simplex processes take only the simplex samplers; raises for
+    combinations that would sample the wrong process."""
     if method not in _METHODS:
         raise ValueError(f"unknown sampler method {method!r}; valid: {available()}")
     reflected = list(REFLECTED_ONLY)
+    if getattr(sde, "on_simplex", False) != (method in _SIMPLEX_METHODS):
+        raise ValueError(f"method {method!r} and process {type(sde).__name__} do not match: "
+                         f"simplex processes (JacobiDiffusion) take {sorted(_SIMPLEX_METHODS)}, "
+                         "the others take every other method")
+    if getattr(sde, "on_simplex", False):
+        return method
     if sde.is_reflected:
         method = REFLECTED_METHODS.get(method, method)
         if method not in reflected:

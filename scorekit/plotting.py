@@ -112,3 +112,47 @@ def save_samples_plot(samples: Tensor, data: Tensor, path: str | Path, kind: str
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
+
+
+def _board_panel(ax, puzzle: Tensor, solution: Tensor, title: str) -> None:
+    """A 9x9 board: givens in black, filled-in digits in blue, box lines thicker."""
+    ax.set(xlim=(0, 9), ylim=(9, 0), title=title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for i in range(10):
+        lw = 1.6 if i % 3 == 0 else 0.4
+        ax.axhline(i, color="k", lw=lw)
+        ax.axvline(i, color="k", lw=lw)
+    for r in range(9):
+        for c in range(9):
+            given = int(puzzle[r, c]) > 0
+            ax.text(c + 0.5, r + 0.5, str(int(solution[r, c])), ha="center", va="center",
+                    fontsize=7, color="k" if given else "tab:blue",
+                    fontweight="bold" if given else "normal")
+    ax.set_aspect("equal")
+
+
+def sudoku_plot(per_clues: dict[int, dict], examples: tuple[Tensor, Tensor] | None,
+                path: str | Path, loss_history: list[float] | None = None) -> Path:
+    """Solved fraction vs number of clues, two example solutions and the loss curve -> PNG."""
+    n_ex = 0 if examples is None else min(2, len(examples[0]))
+    ncol = 1 + n_ex + (1 if loss_history else 0)
+    fig = Figure(figsize=(4.0 * ncol, 4.0))
+    axes = list(fig.subplots(1, ncol)) if ncol > 1 else [fig.subplots()]
+    clues = sorted(per_clues)
+    ax = axes.pop(0)
+    ax.plot(clues, [per_clues[c]["solved_fraction"] for c in clues], "o-",
+            label="solved (rows, cols, boxes)")
+    ax.plot(clues, [per_clues[c].get("rows_cols_only_fraction", float("nan")) for c in clues],
+            "s--", label="rows + cols only")
+    ax.set(xlabel="clues", ylabel="fraction of puzzles", ylim=(0, 1.02),
+           title="held-out puzzles solved")
+    ax.legend(fontsize=7)
+    for i in range(n_ex):
+        _board_panel(axes.pop(0), examples[0][i], examples[1][i], f"example {i + 1}")
+    if loss_history:
+        _loss_panel(axes.pop(0), loss_history)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path

@@ -337,14 +337,16 @@ SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm"
 
 def make_sde(name: str, **params) -> SDE:
     """Build a process by name ("vp", "subvp", "ve", "edm", a non-linear one of
-    `scorekit.nonlinear_sde.NONLINEAR_SDES`, e.g. "double_well", or "reflected", the reflected
-    process on a box of `scorekit.reflected`) with keyword parameters."""
+    `scorekit.nonlinear_sde.NONLINEAR_SDES`, e.g. "double_well", "reflected", the reflected
+    process on a box of `scorekit.reflected`, or "jacobi" for Dirichlet diffusion on the
+    simplex) with keyword parameters."""
+    from scorekit.dirichlet import JacobiDiffusion
     from scorekit.nonlinear_sde import NONLINEAR_SDES
     from scorekit.reflected import REFLECTED_SDES
 
-    registry = {**SDES, **NONLINEAR_SDES, **REFLECTED_SDES}
+    registry = {**SDES, **NONLINEAR_SDES, **REFLECTED_SDES, "jacobi": JacobiDiffusion}
     if name not in registry:
-        others = sorted({**NONLINEAR_SDES, **REFLECTED_SDES})
+        others = sorted({**NONLINEAR_SDES, **REFLECTED_SDES, "jacobi": JacobiDiffusion})
         raise ValueError(f"unknown sde {name!r}; valid: {sorted(SDES) + others}")
     from scorekit._validate import check_kwargs
 

@@ -70,19 +70,13 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
                  save_config: bool = True):
-        self.cfg = validate(cfg)
-        cfg = self.cfg
-        self.run_dir = Path(run_dir if run_dir is not None else Path.cwd())
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = _resolve_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
-
+        cfg = self._init_run(cfg, run_dir)
         name, params = split_named(cfg.data)
         self.data = make_dataset(name, seed=cfg.seed, **params)
         self.train_x = self.data.train.to(self.device, self.dtype)
         name, params = split_named(cfg.sde)
         self.sde = make_sde(name, **params)
-        if self.sde.is_reflected:
+        if getattr(self.sde, "is_reflected", False):
             self._check_in_box()
         name, params = split_named(cfg.model)
         # model=closed_form: the score is computed from the training data (objectives §7); no
@@ -103,15 +97,28 @@ class Trainer:
         name, params = split_named(cfg.objective)
         data_score = self.data.score if self.data.has_clean_score else None
         self.objective = make_objective(name, self.sde, data_score=data_score, **params)
-        t = cfg.trainer
+        self._init_training(save_config)
+
+    def _init_run(self, cfg: DictConfig | dict, run_dir: str | Path | None) -> DictConfig:
+        """Validated config, run directory, device and dtype (shared by every trainer)."""
+        self.cfg = validate(cfg)
+        self.run_dir = Path(run_dir if run_dir is not None else Path.cwd())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = _resolve_device(self.cfg.device)
+        self.dtype = getattr(torch, self.cfg.dtype)
+        return self.cfg
+
+    def _init_training(self, save_config: bool) -> None:
+        """EMA, optimizer, RNGs and counters for `self.model` (built by the subclass's init)."""
+        t = self.cfg.trainer
         if self.closed_form:
             self.ema, self.optimizer = self.model, None
         else:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
                                               weight_decay=t.weight_decay)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
-        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.data_gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.noise_gen = torch.Generator(self.device).manual_seed(self.cfg.seed + 1)
         self.step = 0
         self.loss_history: list[float] = []  # mean loss of each log interval
         self.skipped: list[int] = []  # steps whose batch had a non-finite loss (skip_nonfinite)
@@ -120,7 +127,7 @@ class Trainer:
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
         self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
         if save_config:
-            ckpt.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+            ckpt.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
 
     def _check_in_box(self) -> None:
         """A reflected process lives on its box: the training data must lie in it."""
@@ -259,13 +266,18 @@ class Trainer:
         ema_p = list(self.ema.parameters())
         torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1 - decay)
 
+    def batch_loss(self) -> torch.Tensor:
+        """Loss of one freshly drawn training batch (scalar, with graph)."""
+        idx = torch.randint(self.train_x.shape[0], (self.cfg.trainer.batch_size,),
+                            generator=self.data_gen)
+        x0 = self.train_x[idx.to(self.device)]
+        return self.objective(self.model, x0, generator=self.noise_gen)
+
     def train_step(self) -> torch.Tensor | None:
         """One optimizer step; returns the detached loss, or None for a batch skipped under
         `trainer.skip_nonfinite` (checked at once: one host sync per step, only then)."""
         t = self.cfg.trainer
-        idx = torch.randint(self.train_x.shape[0], (t.batch_size,), generator=self.data_gen)
-        x0 = self.train_x[idx.to(self.device)]
-        loss = self.objective(self.model, x0, generator=self.noise_gen)
+        loss = self.batch_loss()
         self.optimizer.zero_grad(set_to_none=True)
         if t.skip_nonfinite and not bool(torch.isfinite(loss)):
             return self._skip_batch("loss", float(loss.detach()))
@@ -310,8 +322,10 @@ class Trainer:
                 f"to N such batches")
         return vals
 
-    def fit(self, until: int | None = None, logger: WandbLogger | None = None) -> None:
-        """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume)."""
+    def fit(self, until: int | None = None, logger: WandbLogger | None = None,
+            max_time_s: float | None = None) -> None:
+        """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume, or
+        once the run's total training time reaches `max_time_s`, checkpointing there)."""
         t = self.cfg.trainer
         if self.closed_form:
             tqdm.write(f"model=closed_form has no training step (trainer.steps={t.steps} "
@@ -321,6 +335,8 @@ class Trainer:
             self.train_time += time.perf_counter() - start
             return
         self._maybe_resume()
+        if max_time_s is not None and self.train_time >= max_time_s:
+            return  # the time budget is spent (e.g. a finished budgeted run being re-evaluated)
         end = t.steps if until is None else min(until, t.steps)
         self.model.train()
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, desc="train",
@@ -342,12 +358,16 @@ class Trainer:
                 if logger is not None:
                     logger.log({"loss": mean, "lr": self._lr(self.step - 1)}, step=self.step)
                 self._losses = []
-            if self.step % t.ckpt_every == 0 or self.step == t.steps:
+            out_of_time = (max_time_s is not None
+                           and self.train_time + time.perf_counter() - start >= max_time_s)
+            if self.step % t.ckpt_every == 0 or self.step == t.steps or out_of_time:
                 if self._losses:
                     self._check_losses(self._losses)  # never checkpoint a diverged state
                 self.train_time += time.perf_counter() - start
                 start = time.perf_counter()
                 self.save_checkpoint()
+            if out_of_time:
+                break
         self.train_time += time.perf_counter() - start
         bar.close()
 
@@ -485,8 +505,19 @@ class Trainer:
         cfg = OmegaConf.load(cfg_path)
         cfg.trainer.resume = False
         cfg = OmegaConf.merge(cfg, overrides)
-        trainer = cls(cfg, run_dir=run_dir, save_config=False)
+        klass = trainer_class(cfg) if cls is Trainer else cls
+        trainer = klass(cfg, run_dir=run_dir, save_config=False)
         path = Path(checkpoint or trainer.ckpt_path)
         # A pickle state_dict (trainer.allow_pickle) has weights only; ours restore everything.
         trainer.load_checkpoint(path, weights_only=path.is_file() and ckpt.is_pickle(path))
         return trainer
+
+
+def trainer_class(cfg: DictConfig | dict) -> type[Trainer]:
+    """The trainer for a config: `SudokuTrainer` for categorical Sudoku data, else `Trainer`."""
+    data = cfg.get("data") or {}
+    if data.get("name") == "sudoku":
+        from scorekit.train_sudoku import SudokuTrainer
+
+        return SudokuTrainer
+    return Trainer

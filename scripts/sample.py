@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from scorekit.train import Trainer
+from scorekit.train import Trainer  # from_run_dir picks SudokuTrainer for Sudoku runs
 
 
 @hydra.main(config_path="../configs", config_name="sample", version_base="1.3")
@@ -34,7 +34,8 @@ def main(cfg: DictConfig) -> None:
     print(f"sampler: {OmegaConf.to_container(sampler)}")
     print(f"NFE per sample: {metrics['nfe']:.1f}")
     keys = ("sliced_wasserstein", "sliced_wasserstein_floor", "mode_weight_tv",
-            "mode_std_ratio_mean", "off_mode_fraction", "sample_time_s")
+            "mode_std_ratio_mean", "off_mode_fraction", "solved_fraction", "per_clues",
+            "sample_time_s")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     print(f"wrote {out_dir}/metrics.json and samples.png")
 

@@ -12,20 +12,23 @@ from torch import Tensor
 
 from scorekit.data.boltzmann import CLEAN_SCORES, banana, double_well
 from scorekit.data.images import IMAGE_RANGE, digits, folder, patches
+from scorekit.data.sudoku import sudoku_grids
 from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
 
 __all__ = ["Dataset", "make_dataset", "DATASETS", "CLEAN_SCORES", "gmm", "gmm_params", "moons",
-           "swissroll", "checkerboard", "digits", "banana", "double_well", "patches", "folder"]
+           "swissroll", "checkerboard", "digits", "banana", "double_well", "patches", "folder",
+           "sudoku_grids"]
 
 DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": checkerboard,
             "digits": digits, "banana": banana, "double_well": double_well, "patches": patches,
-            "folder": folder}
+            "folder": folder, "sudoku": sudoku_grids}
 FIXED_SETS = ("digits", "folder")  # a fixed collection of images, split rather than drawn
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and held-out test samples, (N, *sample_shape); kind is "points" or "image";
+    """Train and held-out test samples, (N, *sample_shape); kind is "points", "image" or
+    "sudoku" (digit grids (N, 9, 9), modelled as one-hot boards of shape (81, 9));
     value_range: the interval every element lies in (images), or None."""
 
     name: str
@@ -71,7 +74,9 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
 
     "digits" (1797 images, in [low, high], default [-1, 1]) and "folder" (in [-1, 1]) are
     fixed sets: `n_test` (at most a quarter) are held out, the rest train (`n_train` caps the
-    training set). "patches" draws n_train + n_test crops in [-1, 1].
+    training set). "patches" draws n_train + n_test crops in [-1, 1]. "sudoku" draws
+    n_train + n_test complete grids (B, 9, 9); its options (`sudoku`'s keywords) configure
+    training givens and evaluation puzzles.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}")
@@ -84,6 +89,9 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
         if key not in valid:
             raise ValueError(f"unknown parameter {key!r} for dataset {name!r}; valid: {valid}")
     gen = torch.Generator().manual_seed(seed)
+    if name == "sudoku":
+        grids = sudoku_grids(n_train + n_test, generator=gen, **params)
+        return Dataset(name, grids[:n_train], grids[n_train:], "sudoku", (81, 9), dict(params))
     if name in FIXED_SETS:
         images = fn(**params)
         perm = torch.randperm(images.shape[0], generator=gen)

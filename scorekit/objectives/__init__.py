@@ -1,19 +1,21 @@
 """Training objectives. Each is a callable `loss_fn(model, x0) -> scalar`."""
 
+from scorekit.objectives.dirichlet import DirichletDSM
 from scorekit.objectives.dsm import DSM, WEIGHTINGS
 from scorekit.objectives.local_dsm import KERNELS, LocalDSM
 from scorekit.objectives.reflected import REFLECTED_WEIGHTINGS, ReflectedDSM
 from scorekit.objectives.tsm import MIXINGS, TSM
 
-__all__ = ["DSM", "TSM", "LocalDSM", "ReflectedDSM", "WEIGHTINGS", "MIXINGS", "KERNELS",
-           "REFLECTED_WEIGHTINGS", "OBJECTIVES", "make_objective"]
+__all__ = ["DSM", "TSM", "LocalDSM", "ReflectedDSM", "DirichletDSM", "WEIGHTINGS", "MIXINGS",
+           "KERNELS", "REFLECTED_WEIGHTINGS", "OBJECTIVES", "make_objective"]
 
-OBJECTIVES = {"dsm": DSM, "tsm": TSM, "local_dsm": LocalDSM, "reflected_dsm": ReflectedDSM}
+OBJECTIVES = {"dsm": DSM, "tsm": TSM, "local_dsm": LocalDSM, "reflected_dsm": ReflectedDSM,
+              "dirichlet_dsm": DirichletDSM}
 
 
 def make_objective(name: str, sde, data_score=None, **params):
-    """Build an objective by name ("dsm", "tsm", "local_dsm", "reflected_dsm") for the given
-    process.
+    """Build an objective by name ("dsm", "tsm", "local_dsm", "reflected_dsm", "dirichlet_dsm")
+    for the given process.
 
     `data_score(x0) = grad log p0(x0)` is passed to objectives that need it (TSM) and ignored
     by the others.

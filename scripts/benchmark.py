@@ -1,0 +1,54 @@
+"""Run a benchmark suite: `python scripts/benchmark.py suite=<name> [key=value ...]`.
+
+Keys are the suite function's keyword arguments (Hydra-override style, values parsed as YAML),
+e.g. `python scripts/benchmark.py suite=sudoku budget_min=30 n_puzzles=64`. Suites write
+`benchmarks/results/<name>.{json,md,png}`. `python scripts/benchmark.py` lists the suites.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# suite name -> "module:function" under benchmarks/; add new suites here.
+SUITES = {"sudoku": "benchmarks.sudoku:run"}
+
+
+def parse(argv: list[str]) -> tuple[str, dict]:
+    """`suite=name key=value ...` -> (name, kwargs); raises ValueError naming a bad argument."""
+    kwargs = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ValueError(f"arguments are key=value, got {arg!r}")
+        kwargs[key] = yaml.safe_load(value) if value else ""
+    suite = kwargs.pop("suite", None)
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {sorted(SUITES)}, got {suite!r}")
+    return suite, kwargs
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        print(f"usage: python scripts/benchmark.py suite=<name> [key=value ...]; suites: "
+              f"{sorted(SUITES)}")
+        return
+    suite, kwargs = parse(argv)
+    module, fn_name = SUITES[suite].split(":")
+    fn = getattr(importlib.import_module(module), fn_name)
+    valid = list(inspect.signature(fn).parameters)
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(f"unknown option {key!r} for suite {suite!r}; valid: {valid}")
+    fn(**kwargs)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
