@@ -60,3 +60,11 @@ def nfe_at(base: list[dict[str, Any]], target: float, key: str) -> float | None:
             frac = math.log(e0 / target) / math.log(e0 / e1)
             return math.exp(math.log(n0) + frac * math.log(n1 / n0))
     return None
+
+
+def nfe_axes(ax, ylabel: str, title: str) -> None:
+    """Log-log axes of a quality-vs-NFE plot: labels, title, grid and legend."""
+    ax.set(xscale="log", yscale="log", xlabel="NFE per sample (counted)", ylabel=ylabel,
+           title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)

@@ -20,7 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import nfe_quality as nq  # noqa: E402
-from benchmarks._report import environment, markdown_table, nfe_at, write  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    environment,
+    markdown_table,
+    nfe_at,
+    nfe_axes,
+    write,
+)
 from scorekit.metrics import frechet_distance  # noqa: E402
 from scorekit.train import Trainer  # noqa: E402
 
@@ -139,10 +145,7 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
         if floor and metric == "fd_test":
             ax.axhline(floor[0]["fd_test"], color="k", ls="--", lw=1,
                        label="train vs held-out digits")
-        ax.set(xscale="log", yscale="log", xlabel="NFE per sample (counted)",
-               ylabel=f"Fréchet distance, raw pixels ({metric[3:]})", title=title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        nfe_axes(ax, f"Fréchet distance, raw pixels ({metric[3:]})", title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._report import environment, markdown_table, write  # noqa: E402
+from benchmarks._report import environment, markdown_table, nfe_axes, write  # noqa: E402
 from benchmarks.learned_nfe import trained  # noqa: E402
 from scorekit.metrics import frechet_distance  # noqa: E402
 
@@ -95,10 +95,7 @@ def plot(summary: list[dict], floor: float, path: Path, title: str) -> None:
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=label)
     ax.axhline(floor, color="k", ls="--", lw=1, label="train vs held-out digits")
-    ax.set(xscale="log", yscale="log", xlabel="NFE per sample (counted)",
-           ylabel="Fréchet distance, raw pixels in [-1, 1]", title=title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    nfe_axes(ax, "Fréchet distance, raw pixels in [-1, 1]", title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
