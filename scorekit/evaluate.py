@@ -1,0 +1,133 @@
+"""Sampling and evaluation of a trained run: the sampler section (with teleportation), samples
+in memory or streamed to disk, and `metrics.json` / `samples.png` against held-out data.
+
+`SamplingMixin` is part of `scorekit.train.Trainer`; it reads the trainer's `cfg`, `data`,
+`sde`, `model`, `ema`, `run_dir`, `device`, `dtype`, training counters and its per-rank cache
+of fitted teleports (`_teleports`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import samplers
+from scorekit import checkpoint as ckpt
+from scorekit.config import ConfigError, split_named
+from scorekit.metrics import frechet_distance, mmd, mode_metrics, sliced_wasserstein
+
+
+class SamplingMixin:
+    """`sample`, `sample_to_disk`, `teleport_options` and `evaluate` of a Trainer."""
+
+    def sample(self, n: int, sampler: DictConfig | dict | None = None, use_ema: bool = True,
+               seed: int = 1) -> samplers.SampleResult:
+        """Draw n samples with the configured (or given) sampler section."""
+        model, method, options = self._sampler_setup(sampler, use_ema)
+        gen = torch.Generator(self.device).manual_seed(seed)
+        return samplers.sample(model, self.sde, (n, *self.data.sample_shape), method=method,
+                               generator=gen, device=self.device, dtype=self.dtype, **options)
+
+    def sample_to_disk(self, out_dir: str | Path, n: int, batch_size: int = 10_000,
+                       sampler: DictConfig | dict | None = None, use_ema: bool = True,
+                       seed: int = 1) -> samplers.stream.StreamResult:
+        """`samplers.sample_to_disk` with this run's model and sampler section: n samples in
+        shards of batch_size under out_dir, resuming an interrupted call."""
+        model, method, options = self._sampler_setup(sampler, use_ema)
+        return samplers.sample_to_disk(model, self.sde, out_dir, n, self.data.sample_shape,
+                                       batch_size=batch_size, seed=seed, method=method,
+                                       device=self.device, dtype=self.dtype, **options)
+
+    def _sampler_setup(self, sampler: DictConfig | dict | None, use_ema: bool
+                       ) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+        section = OmegaConf.create(sampler if sampler is not None else self.cfg.sampler)
+        method, options = split_named(section, key="method")
+        model = self.ema if use_ema else self.model
+        model.eval()
+        return model, method, self.teleport_options(model, options)
+
+    def teleport_options(self, model: torch.nn.Module, options: dict[str, Any]
+                          ) -> dict[str, Any]:
+        """Turn the sampler section's `teleport: true` (+ `teleport_rank`, `t_start`,
+        `teleport_thresh`) into a fitted `GaussianTeleport` and a numeric t_start.
+
+        The Gaussian is fitted to the training data and cached in `<run_dir>/teleport.safetensors`;
+        t_start "auto" is the smallest t from which up the model's score is explained by the
+        Gaussian's to `teleport_thresh` (0.99) on training data noised to t.
+        """
+        options = dict(options)
+        use = options.pop("teleport", False)
+        rank = options.pop("teleport_rank", None)
+        if use in (False, None, "false"):
+            if options.get("t_start") in ("auto", None):
+                options.pop("t_start", None)
+            options.pop("teleport_thresh", None)
+            return options
+        if use is not True and use != "true":
+            raise ConfigError(f"sampler.teleport must be true or false, got {use!r}")
+        if rank not in self._teleports:  # fitted (or loaded from the cache) once per rank
+            self._teleports[rank] = samplers.GaussianTeleport.fit(
+                self.data.train, self.sde, rank=rank, cache=self.run_dir / "teleport.safetensors")
+        tp = self._teleports[rank]
+        t_start = options.get("t_start", "auto")
+        if t_start in ("auto", None):
+            thresh = options.pop("teleport_thresh", 0.99)
+            t_start, _ = tp.suggest_t_start(model, data=self.data.train, thresh=thresh,
+                                            generator=torch.Generator().manual_seed(0))
+        options["t_start"] = float(t_start)
+        options["teleport"] = tp
+        return options
+
+    def evaluate(self, sampler: DictConfig | dict | None = None, out_dir: Path | None = None
+                 ) -> dict[str, Any]:
+        """Sample, compare with held-out data, write `metrics.json` and `samples.png`."""
+        e = self.cfg.eval
+        out_dir = Path(out_dir) if out_dir is not None else self.run_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        res = self.sample(e.n_samples, sampler, use_ema=e.use_ema, seed=e.seed)
+        x = res.x.detach().cpu().double()
+        test = self.data.test.double()
+        gen = torch.Generator().manual_seed(e.seed)
+        n_ref = min(len(test), len(self.data.train), e.n_samples)
+        prior = self.sde.prior_sample((n_ref, *self.data.sample_shape), generator=gen,
+                                      dtype=torch.float64)
+        sw = lambda a, b: float(sliced_wasserstein(a, b, n_proj=e.n_proj))  # noqa: E731
+        metrics = {
+            "sliced_wasserstein": sw(x, test),
+            # Noise floor: the same metric between two exact sample sets (train vs test).
+            "sliced_wasserstein_floor": sw(self.data.train[:n_ref].double(), test[:n_ref]),
+            "sliced_wasserstein_prior": sw(prior, test[:n_ref]),
+            "mmd": float(mmd(x[:2000].flatten(1), test[:2000].flatten(1))),
+            "frechet_distance_raw": float(frechet_distance(x.flatten(1), test.flatten(1))),
+            "nfe": res.nfe,
+            "sampler": OmegaConf.to_container(OmegaConf.create(sampler or self.cfg.sampler)),
+            "n_samples": e.n_samples,
+            "ema": e.use_ema,
+            "sample_time_s": res.info["wall_time"],
+            "train_time_s": self.train_time,
+            "train_steps": self.step,
+            "final_loss": self.loss_history[-1] if self.loss_history else None,
+            "nonfinite_samples": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
+        }
+        if "t_start" in res.info:  # teleported: where the numerical phase began
+            metrics.update(t_start=res.info["t_start"],
+                           teleport_mode=res.info.get("teleport_mode"))
+        if self.data.value_range is not None:  # e.g. pixels: samples outside the data's range
+            lo, hi = self.data.value_range
+            out = (x < lo) | (x > hi)
+            metrics.update(out_of_range_fraction=float(out.flatten(1).any(1).double().mean()),
+                           out_of_range_elements=float(out.double().mean()))
+        if self.data.has_exact_score:  # mode weights / widths against the known mixture
+            metrics.update(mode_metrics(x.flatten(1), self.data.exact_score(self.sde)))
+        ckpt.write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if e.plot:
+            from scorekit.plotting import save_samples_plot
+
+            save_samples_plot(x, test, out_dir / "samples.png", kind=self.data.kind,
+                              loss_history=self.loss_history or None,
+                              value_range=self.data.value_range or (-1.0, 1.0))
+        return metrics
