@@ -38,10 +38,11 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write results/<name>.json and results/<name>.md; returns their paths."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+def write(name: str, payload: dict[str, Any], markdown: str,
+          out_dir: Path = RESULTS) -> tuple[Path, Path]:
+    """Write <out_dir>/<name>.json and .md (default benchmarks/results/); returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
     js.write_text(json.dumps(payload, indent=2))
     md.write_text(markdown)
     return js, md

@@ -116,11 +116,11 @@ PAIRS = [("ggf", "em"), ("ggf_bridge", "em"), ("em+tp", "em"), ("heun_edm+tp", "
          ("dpm_solver+tp", "dpm_solver")]
 
 
-def versus(summary: list[dict]) -> list[dict]:
+def versus(summary: list[dict], pairs: list[tuple[str, str]] = PAIRS) -> list[dict]:
     """Per candidate setting: the NFE its baseline needs for the same held-out FD (log-log
     interpolated on the baseline's grid) and the ratio."""
     out = []
-    for cand, ref in PAIRS:
+    for cand, ref in pairs:
         base = [r for r in summary if r["method"] == ref]
         if not base:
             continue
@@ -133,7 +133,8 @@ def versus(summary: list[dict]) -> list[dict]:
     return out
 
 
-def plot(summary: list[dict], path: Path, title: str) -> None:
+def plot(summary: list[dict], path: Path, title: str, ylabel: str = "Fréchet distance, raw pixels"
+         ) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2))
@@ -144,8 +145,8 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
         floor = [r for r in summary if r["nfe"] == 0]
         if floor and metric == "fd_test":
             ax.axhline(floor[0]["fd_test"], color="k", ls="--", lw=1,
-                       label="train vs held-out digits")
-        nfe_axes(ax, f"Fréchet distance, raw pixels ({metric[3:]})", title)
+                       label="train vs held-out data")
+        nfe_axes(ax, f"{ylabel} ({metric[3:]})", title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -68,6 +68,9 @@ def _check_keys(section: str, cfg: DictConfig, valid: list[str]) -> None:
 def validate(cfg: Any) -> DictConfig:
     """Return a resolved, validated copy of `cfg` (dict or DictConfig) with defaults filled in."""
     cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
+        raise ConfigError(f"config key '{missing[0]}' has no value ('???'); set it on the command "
+                          f"line, e.g. {missing[0]}=...")
     allowed = list(FIXED) + list(OPEN) + list(TOP)
     for key in cfg:
         if key not in allowed:

@@ -31,6 +31,21 @@ class WandbLogger:
         if self._run is not None:
             self._run.log(values, step=step)
 
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
+        """A list of flat dicts (same keys) as a wandb.Table, e.g. a benchmark's summary."""
+        if self._run is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            self._run.log({key: wandb.Table(columns=columns,
+                                            data=[[r.get(c) for c in columns] for r in rows])})
+
+    def log_image(self, key: str, path: str | Path) -> None:
+        if self._run is not None:
+            import wandb
+
+            self._run.log({key: wandb.Image(str(path))})
+
     def summary(self, values: dict[str, Any]) -> None:
         if self._run is not None:
             for k, v in values.items():

@@ -1,0 +1,216 @@
+"""Fréchet distance vs counted NFE for every registered sampler on a trained image model.
+
+    python scripts/benchmark.py suite=fd_nfe ckpt=<run dir or checkpoint> [features=auto]
+        [n=500] [seeds=2] [methods=[em,heun,ode]] [max_nfe=200] [quick=true] [wandb=offline]
+
+Loads the run (`Trainer.from_run_dir`), samples `n` images per setting with each sampler on its
+NFE grid (ode and ggf on tolerance grids; "+tp" = started at t* by Gaussian teleportation),
+clips them to the data's range as saved images would be, and measures FD against the held-out
+images in the chosen feature space: "classifier" (the project's digits CNN; the default for 8x8
+grey images), "inception" (FID; `weights=` or $SCOREKIT_INCEPTION; the default for other images
+when the file is set), or "raw" pixels. The reference level is the data's own FD: `n` training
+images vs the same held-out set. Each finished row is cached in `<run dir>/fd_nfe/rows.json`, so
+a killed benchmark resumes where it stopped. Writes results/<name>.{json,md,png} (name defaults
+to `fd_nfe_<run name>`); `wandb=offline|online` also logs the rows, the table and the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import learned_nfe as ln
+from benchmarks import nfe_quality as nq
+from benchmarks._report import RESULTS, environment, markdown_table, write
+
+DEFAULT_METHODS = ["em", "pc", "ode", "heun", "dpm_solver", "unipc", "ggf", "em+tp", "heun+tp",
+                   "dpm_solver+tp"]
+NFE_GRID = [10, 20, 35, 50, 100, 200]
+QUICK_GRID = [10, 35]
+QUICK_TOLS = {"ode": [{"rtol": 1e-2, "atol": 1e-2}],
+              "ggf": [{"abs_tol": 2 / 256, "rel_tol": 0.1}]}
+# Candidate -> baseline pairs compared at equal FD (teleportation against the same sampler).
+PAIRS = [("ggf", "em"), ("em+tp", "em"), ("heun+tp", "heun"), ("dpm_solver+tp", "dpm_solver")]
+
+
+def feature_kind(features: str, sample_shape: tuple[int, ...], weights: str | None) -> str:
+    """"auto" -> classifier for 8x8 grey images, inception when its weights are given, else raw."""
+    if features != "auto":
+        return features
+    if tuple(sample_shape) == (1, 8, 8):
+        return "classifier"
+    if weights is not None or os.environ.get("SCOREKIT_INCEPTION"):
+        return "inception"
+    print("fd_nfe: no Inception weights (weights=... or $SCOREKIT_INCEPTION); using raw pixels")
+    return "raw"
+
+
+def grid(method: str, quick: bool, max_nfe: int) -> list[dict]:
+    """Sampler options per point: tolerances for ode/ggf, else steps matching each NFE."""
+    if method in QUICK_TOLS:
+        if quick:
+            return QUICK_TOLS[method]
+        return nq.configs(method, quick=False)
+    nfes = [n for n in (QUICK_GRID if quick else NFE_GRID) if n <= max_nfe]
+    return [c for c in (nq.settings(method, n) for n in nfes) if c is not None]
+
+
+def _setting(opts: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in opts.items())
+
+
+class _RowCache:
+    """Finished rows keyed by everything that determines them; rewritten atomically per row."""
+
+    def __init__(self, path: Path, identity: dict[str, Any]):
+        from scorekit.checkpoint import write_text_atomic
+
+        self.path, self.identity, self._write = path, identity, write_text_atomic
+        self.rows: dict[str, dict] = {}
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("identity") == identity:
+                self.rows = saved["rows"]
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def put(self, key: str, row: dict) -> None:
+        self.rows[key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write(self.path, json.dumps({"identity": self.identity, "rows": self.rows}))
+
+
+def measure(trainer, methods: list[str], fe, n: int, seeds: int, quick: bool, max_nfe: int,
+            cache: _RowCache, logger=None) -> dict:
+    """Rows of (method, setting, seed, nfe, fd_test, fd_train) plus the data's own level."""
+    from scorekit.metrics import frechet_distance
+
+    lo, hi = trainer.data.value_range or (-1.0, 1.0)
+    test_stats, train_stats = fe.stats(trainer.data.test), fe.stats(trainer.data.train)
+    n_ref = min(n, trainer.data.train.shape[0])
+    rows = []
+    for seed in range(seeds):  # the floor: n training images vs the held-out ones
+        gen = torch.Generator().manual_seed(seed)
+        sub = trainer.data.train[torch.randperm(trainer.data.train.shape[0], generator=gen)[:n_ref]]
+        rows.append({"method": "data: train vs held-out", "setting": f"n={n_ref}", "seed": seed,
+                     "nfe": 0.0, "fd_test": frechet_distance(fe.stats(sub), test_stats),
+                     "fd_train": 0.0, "time_s": 0.0})
+    t_star = None
+    if any("+tp" in m for m in methods):
+        probe = trainer.teleport_options(trainer.ema, {"teleport": True, "t_start": "auto",
+                                                       "teleport_thresh": nq.TP_THRESH})
+        t_star = probe["t_start"]
+        print(f"teleport t* = {t_star:.4f} (EV >= {nq.TP_THRESH})", flush=True)
+    for label in methods:
+        method, fixed = nq.METHODS[label]
+        for opts in grid(method, quick, max_nfe):
+            section = {"method": method, **fixed, **opts}
+            if fixed.get("teleport"):
+                section["t_start"] = t_star
+            for seed in range(seeds):
+                key = f"{label}|{_setting(opts)}|{seed}"
+                row = cache.get(key)
+                if row is None:
+                    t0 = time.perf_counter()
+                    res = trainer.sample(n, section, seed=seed)
+                    x = res.x.detach().float().clamp(lo, hi).cpu()
+                    stats = fe.stats(x)
+                    row = {"method": label, "setting": _setting(opts), "seed": seed,
+                           "nfe": res.nfe, "nfe_min": int(res.nfe_per_sample.min()),
+                           "nfe_max": int(res.nfe_per_sample.max()),
+                           "fd_test": frechet_distance(stats, test_stats),
+                           "fd_train": frechet_distance(stats, train_stats),
+                           "time_s": time.perf_counter() - t0}
+                    cache.put(key, row)
+                rows.append(row)
+                print(f"{label:14s} {row['setting']:34s} seed={seed} nfe={row['nfe']:7.1f} "
+                      f"fd_test={row['fd_test']:.4g} ({row['time_s']:.1f} s)", flush=True)
+                if logger is not None:
+                    logger.log({f"fd/{label}": row["fd_test"], f"nfe/{label}": row["nfe"]},
+                               step=len(rows))
+    return {"rows": rows, "t_star": t_star}
+
+
+def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 500,
+        seeds: int = 2, methods: list[str] | None = None, max_nfe: int = 200,
+        quick: bool = False, name: str | None = None, wandb: str = "disabled",
+        device: str = "cpu", out_dir: str | None = None) -> dict:
+    """Benchmark the trained run at `ckpt`; returns the payload written to results/<name>.json."""
+    from scorekit.features import FeatureExtractor
+    from scorekit.loggers import WandbLogger
+    from scorekit.train import Trainer
+
+    methods = list(methods or DEFAULT_METHODS)
+    if unknown := sorted(set(methods) - set(nq.METHODS)):
+        raise ValueError(f"methods: unknown {unknown}; valid: {sorted(nq.METHODS)}")
+    path = Path(ckpt)
+    run_dir = path if path.is_dir() else path.parent.parent
+    trainer = Trainer.from_run_dir(run_dir, checkpoint=None if path.is_dir() else path,
+                                   device=device)
+    if len(trainer.data.sample_shape) != 3:
+        raise ValueError(f"fd_nfe needs an image model, {run_dir} has samples of shape "
+                         f"{trainer.data.sample_shape}")
+    kind = feature_kind(features, trainer.data.sample_shape, weights)
+    fe = FeatureExtractor(kind, weights=weights if kind == "inception" else None)
+    identity = {"checkpoint_step": trainer.step, "features": fe.info.get("sha256", kind),
+                "n": n, "max_nfe": max_nfe, "quick": quick}
+    cache = _RowCache(run_dir / "fd_nfe" / "rows.json", identity)
+    name = name or f"fd_nfe_{trainer.cfg.name}{'_quick' if quick else ''}"
+    logger = WandbLogger(wandb, "scorekit-benchmarks", run_dir / "fd_nfe", name=name,
+                         config={"ckpt": str(ckpt), **identity})
+    try:
+        payload = measure(trainer, methods, fe, n, seeds, quick, max_nfe, cache, logger)
+        info = dict(fe.info)
+        if "weights" in info:  # the file's name and hash identify it; its location is local
+            info["weights"] = Path(info["weights"]).name
+        payload.update(run=str(run_dir.name), experiment=trainer.cfg.name,
+                       train_steps=trainer.step, train_time_s=trainer.train_time, n=n,
+                       seeds=seeds, features=info, env=environment())
+        payload["summary"] = summary = ln.summarise(payload["rows"])
+        payload["versus"] = ln.versus(summary, PAIRS)
+        js, md, png = report(payload, name, Path(out_dir) if out_dir else RESULTS)
+        logger.log_table("fd_vs_nfe", summary)
+        logger.log_image("fd_vs_nfe_plot", png)
+    finally:
+        logger.finish()
+    print(f"wrote {js}, {md}, {png}")
+    return payload
+
+
+def report(payload: dict, name: str, out_dir: Path) -> tuple[Path, Path, Path]:
+    """Markdown (table + equal-FD comparison), JSON and the FD-vs-NFE plot."""
+    summary, kind = payload["summary"], payload["features"]["kind"]
+    floor = next(r for r in summary if r["nfe"] == 0)
+    best = min((r for r in summary if r["nfe"] > 0), key=lambda r: r["fd_test"])
+    md = (f"# FD vs NFE: {payload['experiment']} ({payload['train_steps']} training steps, "
+          f"{payload['train_time_s'] / 60:.1f} min of training)\n\nenv: {payload['env']}\n\n"
+          f"Features: {payload['features']}. n={payload['n']} samples per setting, clipped to "
+          f"the data range, vs the held-out images; mean over {payload['seeds']} seed(s), "
+          "`fd_test_seed_spread` = max - min over seeds. `fd_train`: the same samples vs the "
+          f"training images.\n\nThe data's own level ({floor['setting']} training images vs "
+          f"held-out): **{floor['fd_test']:.4g}**. Best sampler setting: {best['method']} "
+          f"{best['setting']} at NFE {best['nfe']:.0f}, FD {best['fd_test']:.4g} = "
+          f"**{best['fd_test'] / floor['fd_test']:.2f}x** the data's own level.\n\n"
+          + markdown_table(sorted(summary, key=lambda r: (r["method"], r["nfe"])),
+                           ["method", "setting", "nfe", "nfe_range", "fd_test",
+                            "fd_test_seed_spread", "fd_train"]) + "\n")
+    if payload["versus"]:
+        md += ("\n## At equal held-out FD: candidate vs baseline\n\n"
+               + (f"Teleport start t* = {payload['t_star']:.4f}.\n\n" if payload["t_star"]
+                  else "")
+               + "`baseline_nfe_same_fd`: log-log interpolated on the baseline's grid (nan: no "
+               "tested baseline setting gets there).\n\n"
+               + markdown_table(payload["versus"], ["method", "baseline", "setting", "nfe",
+                                                    "fd_test", "baseline_nfe_same_fd",
+                                                    "nfe_ratio"]) + "\n")
+    js, mdp = write(name, payload, md, out_dir)
+    png = js.with_suffix(".png")
+    ln.plot(summary, png, f"{payload['experiment']}: FD vs NFE", f"FD, {kind} features")
+    return js, mdp, png

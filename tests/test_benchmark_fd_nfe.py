@@ -1,0 +1,79 @@
+"""`scripts/benchmark.py suite=fd_nfe`: a tiny UNet trained a few steps, benchmarked end to end."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from scorekit.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import fd_nfe  # noqa: E402
+from scripts import benchmark  # noqa: E402
+
+TINY = ["experiment=digits_edm", "model.channels=[8,16]", "model.norm_groups=8",
+        "model.attention_head_dim=8", "trainer.steps=3", "trainer.batch_size=16",
+        "trainer.progress=false", "trainer.log_every=1", "eval.plot=false"]
+METHODS = ["em", "heun", "ode", "em+tp"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=TINY)
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("hydra", None)
+    run_dir = tmp_path_factory.mktemp("run")
+    Trainer(cfg, run_dir=run_dir).fit()
+    return run_dir
+
+
+def _bench(run_dir, out, **kw):
+    return fd_nfe.run(ckpt=str(run_dir), features="raw", n=16, seeds=1, methods=METHODS,
+                      quick=True, out_dir=str(out), name="tiny", **kw)
+
+
+def test_fd_nfe_end_to_end(tiny_run, tmp_path):
+    payload = _bench(tiny_run, tmp_path)
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"tiny.{ext}").stat().st_size > 0
+    rows = {(r["method"], r["setting"]): r for r in payload["rows"]}
+    # Counted NFE: EM steps + Tweedie = 10 and 35; Heun 2*steps - 1 = 9 and 35.
+    assert rows[("em", "steps=9")]["nfe"] == 10 and rows[("em", "steps=34")]["nfe"] == 35
+    assert rows[("heun", "steps=5")]["nfe"] == 9 and rows[("heun", "steps=18")]["nfe"] == 35
+    assert rows[("ode", "rtol=0.01, atol=0.01")]["nfe"] > 0
+    assert payload["t_star"] is not None and ("em+tp", "steps=9") in rows
+    floor = rows[("data: train vs held-out", "n=16")]
+    assert floor["nfe"] == 0 and floor["fd_test"] > 0
+    # 3 training steps cannot model digits: every sampler is far above the data's own level.
+    assert all(r["fd_test"] > floor["fd_test"] for r in payload["rows"] if r["nfe"] > 0)
+    saved = json.loads((tmp_path / "tiny.json").read_text())
+    assert saved["train_steps"] == 3 and saved["features"]["kind"] == "raw"
+    assert "| em | steps=9 | 10 |" in (tmp_path / "tiny.md").read_text()
+
+
+def test_fd_nfe_resumes_from_cached_rows(tiny_run, tmp_path, monkeypatch):
+    first = _bench(tiny_run, tmp_path)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a cached row was sampled again")
+
+    monkeypatch.setattr(Trainer, "sample", no_sampling)
+    again = _bench(tiny_run, tmp_path)
+    assert [r["fd_test"] for r in again["rows"]] == [r["fd_test"] for r in first["rows"]]
+
+
+def test_benchmark_script_checks_suite_options():
+    assert benchmark.parse(["suite=fd_nfe", "ckpt=x", "n=8"]) == ("fd_nfe", {"ckpt": "x", "n": 8})
+    with pytest.raises(ValueError, match="unknown option 'bogus'"):
+        benchmark.main(["suite=fd_nfe", "bogus=1"])
+
+
+def test_fd_nfe_rejects_unknown_method(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="unknown \\['nope'\\]"):
+        fd_nfe.run(ckpt=str(tiny_run), methods=["nope"], out_dir=str(tmp_path))
