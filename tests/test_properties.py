@@ -14,7 +14,7 @@ from scorekit.config import ConfigError, validate
 from scorekit.reflected import ReflectedSDE
 from scorekit.scores import EmpiricalScore, GaussianScore, GMMScore
 from scorekit.sde import EDMSDE, VESDE, VPSDE
-from tests.test_train import _cfg
+from test_train import _cfg
 
 FAST = settings(max_examples=25, deadline=None)
 SDES = {"vp": VPSDE(), "ve": VESDE(), "edm": EDMSDE()}
