@@ -21,12 +21,15 @@ class ConfigError(ValueError):
 @dataclass
 class TrainerConfig:
     steps: int = 4000
-    batch_size: int = 512
+    batch_size: int = 512  # the global batch, over all processes and micro-batches
+    grad_accum: int = 1  # micro-batches per process and optimizer step
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (autocast of forward + loss)
     lr: float = 2e-3
     warmup: int = 100
     lr_schedule: str = "constant"  # "constant" | "cosine" (after warmup)
     weight_decay: float = 0.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)); false: ema_decay
     grad_clip: float | None = 1.0
     ckpt_every: int = 1000
     log_every: int = 50
@@ -57,6 +60,7 @@ FIXED = {"trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}
 OPEN = ("data", "sde", "model", "objective", "sampler")
 TOP = {"seed": int, "device": str, "dtype": str, "name": str}
 DTYPES = ("float32", "float64")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _check_keys(section: str, cfg: DictConfig, valid: list[str]) -> None:
@@ -108,8 +112,12 @@ def _require(ok: bool, key: str, value: Any, what: str) -> None:
 
 def _check_values(cfg: DictConfig) -> None:
     t, e, s = cfg.trainer, cfg.eval, cfg.sampler
-    for key in ("steps", "batch_size", "ckpt_every", "log_every"):
+    for key in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
         _require(t[key] >= 1, f"trainer.{key}", t[key], "an integer >= 1")
+    _require(t.batch_size % t.grad_accum == 0, "trainer.batch_size", t.batch_size,
+             f"divisible by trainer.grad_accum={t.grad_accum}")
+    _require(t.precision in PRECISIONS, "trainer.precision", t.precision,
+             f"one of {list(PRECISIONS)}")
     _require(t.warmup >= 0, "trainer.warmup", t.warmup, ">= 0")
     _require(t.skip_nonfinite >= 0, "trainer.skip_nonfinite", t.skip_nonfinite,
              "an integer >= 0")
@@ -130,6 +138,9 @@ def _check_values(cfg: DictConfig) -> None:
     _require(cfg.logger.mode in ("disabled", "offline", "online"), "logger.mode",
              cfg.logger.mode, "'disabled', 'offline' or 'online'")
     _require(cfg.dtype in DTYPES, "dtype", cfg.dtype, f"one of {list(DTYPES)}")
+    # Autocast lowers float32 ops only: under float64 it would silently do nothing.
+    _require(t.precision == "fp32" or cfg.dtype == "float32", "trainer.precision",
+             t.precision, f"fp32 with dtype={cfg.dtype} (bf16 / fp16 need dtype=float32)")
     _require(cfg.device == "cpu" or cfg.device == "auto" or cfg.device.startswith("cuda"),
              "device", cfg.device, "'cpu', 'auto' or 'cuda[:i]'")
 

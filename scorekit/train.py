@@ -6,15 +6,18 @@ safetensors checkpoints (`checkpoints/last.safetensors`, the one before kept as
 (from `prev` with a warning when `last` is missing or corrupted), and finishes by sampling and
 writing `samples.png` and `metrics.json` to the run directory. A non-finite loss stops training
 with an error naming the step before anything is checkpointed; `trainer.skip_nonfinite=N`
-skips up to N such batches instead. `model=closed_form` builds an `EmpiricalScore` from the
-training data instead of a network: nothing is trained and the checkpoint holds the data.
+skips up to N such batches instead. The step itself (chunked batches, gradient accumulation,
+mixed precision, EMA) is `scorekit.train_step`; under `torchrun` every rank trains a DDP replica
+and rank 0 alone writes files (`scorekit.distributed`). SIGTERM / SIGINT stop training after the
+current step with a checkpoint (`scorekit.interrupt.StopRequested`). `model=closed_form`
+builds an `EmpiricalScore` from the training data instead of a network: nothing is trained and
+the checkpoint holds the data.
 Sampling and evaluation (`sample`, `sample_to_disk`, `evaluate`) live in `scorekit.evaluate`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 import warnings
@@ -27,30 +30,24 @@ from tqdm.auto import tqdm
 
 import samplers
 from scorekit import checkpoint as ckpt
+from scorekit import distributed
 from scorekit._validate import check_kwargs
 from scorekit.config import ConfigError, split_named, validate
 from scorekit.data import make_dataset
 from scorekit.empirical import EmpiricalScore
 from scorekit.evaluate import SamplingMixin
+from scorekit.interrupt import SignalFlag, StopRequested
 from scorekit.loggers import WandbLogger
 from scorekit.nets import make_model
 from scorekit.objectives import make_objective
 from scorekit.sde import make_sde
+from scorekit.train_step import StepMixin
 
 # Sections whose values must agree between a checkpoint and the config that loads it.
 _MODEL_DEFINING = ("data", "sde", "model")
 CKPT_NAME = "last.safetensors"
 PREV_NAME = "prev.safetensors"  # the checkpoint before `last`, kept for a corrupted `last`
 CLOSED_FORM = "closed_form"  # model name of the training-free EmpiricalScore
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available")
-    return dev
 
 
 def _diff_configs(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -65,7 +62,7 @@ def _diff_configs(saved: dict[str, Any], current: dict[str, Any], prefix: str = 
     return out
 
 
-class Trainer(SamplingMixin):
+class Trainer(StepMixin, SamplingMixin):
     """Builds every component from a validated config; see `configs/config.yaml`."""
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
@@ -100,16 +97,20 @@ class Trainer(SamplingMixin):
         self._init_training(save_config)
 
     def _init_run(self, cfg: DictConfig | dict, run_dir: str | Path | None) -> DictConfig:
-        """Validated config, run directory, device and dtype (shared by every trainer)."""
+        """Validated config, ranks, device, run directory (rank 0's) and dtype (shared by every
+        trainer)."""
         self.cfg = validate(cfg)
-        self.run_dir = Path(run_dir if run_dir is not None else Path.cwd())
+        self.dist = distributed.init_from_env()
+        self.device = distributed.resolve_device(self.cfg.device, self.dist)
+        run_dir = str(run_dir if run_dir is not None else Path.cwd())
+        self.run_dir = Path(self.dist.broadcast_str(run_dir, self.device))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = _resolve_device(self.cfg.device)
         self.dtype = getattr(torch, self.cfg.dtype)
         return self.cfg
 
     def _init_training(self, save_config: bool) -> None:
-        """EMA, optimizer, RNGs and counters for `self.model` (built by the subclass's init)."""
+        """EMA, optimizer, RNGs, counters and step set-up for `self.model` (built by the
+        subclass's init)."""
         t = self.cfg.trainer
         if self.closed_form:
             self.ema, self.optimizer = self.model, None
@@ -118,7 +119,6 @@ class Trainer(SamplingMixin):
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
                                               weight_decay=t.weight_decay)
         self.data_gen = torch.Generator().manual_seed(self.cfg.seed)
-        self.noise_gen = torch.Generator(self.device).manual_seed(self.cfg.seed + 1)
         self.step = 0
         self.loss_history: list[float] = []  # mean loss of each log interval
         self.skipped: list[int] = []  # steps whose batch had a non-finite loss (skip_nonfinite)
@@ -126,7 +126,9 @@ class Trainer(SamplingMixin):
         self.train_time = 0.0
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
         self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
-        if save_config:
+        if not self.closed_form:
+            self._init_step()
+        if save_config and self.dist.is_main:
             ckpt.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
 
     def _check_in_box(self) -> None:
@@ -158,24 +160,33 @@ class Trainer(SamplingMixin):
         return {k: OmegaConf.to_container(self.cfg[k]) for k in _MODEL_DEFINING}
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the training state to `path` (default `checkpoints/last.safetensors`). Under
+        torchrun every rank calls it, rank 0 writes, and all return once the file is there."""
         path = Path(path) if path is not None else self.ckpt_path
+        if self.dist.is_main:
+            tensors, meta = self._checkpoint_state()
+            ckpt.save(path, tensors, meta, previous=self._previous_of(path))
+        self.dist.barrier()
+        return path
+
+    def _checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if self.closed_form:  # the cached training data (and smoothing bank) are the model
             meta = {"step": 0, "loss_history": [], "config": self._model_config(),
                     "train_time": self.train_time, "format": "scorekit-closed-form-1"}
-            ckpt.save(path, ckpt.module_tensors(self.model, "model"), meta,
-                      previous=self._previous_of(path))
-            return path
+            return ckpt.module_tensors(self.model, "model"), meta
         opt_tensors, opt_meta = ckpt.optimizer_state(self.optimizer)
+        # No noise generator state: each chunk's noise is seeded from (seed, batch, chunk).
         tensors = {**ckpt.module_tensors(self.model, "model"),
                    **ckpt.module_tensors(self.ema, "ema"), **opt_tensors,
-                   "rng.data": self.data_gen.get_state(), "rng.noise": self.noise_gen.get_state()}
+                   "rng.data": self.data_gen.get_state()}
         if self._losses:  # the current log interval's losses: a resumed run logs the same means
             tensors["losses.pending"] = torch.stack(self._losses)
         meta = {"step": self.step, "loss_history": self.loss_history, "optim": opt_meta,
                 "config": self._model_config(), "train_time": self.train_time,
                 "skipped": self.skipped, "format": "scorekit-train-1"}
-        ckpt.save(path, tensors, meta, previous=self._previous_of(path))
-        return path
+        if self.scaler.is_enabled():  # fp16 loss scale and growth counter: exact resume
+            meta["scaler"] = self.scaler.state_dict()
+        return tensors, meta
 
     def load_checkpoint(self, path: str | Path, weights_only: bool = False,
                         allow_pickle: bool | None = None) -> Path:
@@ -204,7 +215,8 @@ class Trainer(SamplingMixin):
             return used
         ckpt.load_optimizer(self.optimizer, tensors, meta["optim"])
         self.data_gen.set_state(tensors["rng.data"])
-        self.noise_gen.set_state(tensors["rng.noise"])
+        if self.scaler.is_enabled() and "scaler" in meta:
+            self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
         self.loss_history = list(meta["loss_history"])
         self.train_time = float(meta.get("train_time", 0.0))
@@ -238,75 +250,20 @@ class Trainer(SamplingMixin):
             return
         path = self.ckpt_path if resume is True or resume == "true" else Path(str(resume))
         path = self._checkpoint_file(path)
-        if path == self.ckpt_path:
+        if path == self.ckpt_path and self.dist.is_main:
             ckpt.remove_stale_temps(path)  # left by a process killed while writing
         prev = self._previous_of(path)
         if resume is True and not path.exists() and not (prev and prev.exists()):
-            tqdm.write(f"resume: no checkpoint at {path}; starting from step 0")
+            self._print(f"resume: no checkpoint at {path}; starting from step 0")
             return
-        used = self.load_checkpoint(path)
-        if used != path and path.exists():
+        used = self.load_checkpoint(path)  # every rank reads it: the run dir must be shared
+        self.dist.barrier()
+        if used != path and path.exists() and self.dist.is_main:
             # Moved aside so that the next save does not rotate it over the good `prev`.
             os.replace(path, path.with_name(path.name + ".corrupt"))
-        tqdm.write(f"resumed from {used} at step {self.step}")
+        self._print(f"resumed from {used} at step {self.step}")
 
     # --- training --------------------------------------------------------------------------
-    def _lr(self, step: int) -> float:
-        t = self.cfg.trainer
-        scale = min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else 1.0
-        if t.lr_schedule == "cosine" and step >= t.warmup:
-            frac = (step - t.warmup) / max(1, t.steps - t.warmup)
-            scale *= 0.5 * (1 + math.cos(math.pi * frac))
-        return t.lr * scale
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        # Warm-up of the decay (as in common EMA implementations) so early samples are usable.
-        decay = min(self.cfg.trainer.ema_decay, (1 + self.step) / (10 + self.step))
-        ema_p = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1 - decay)
-
-    def batch_loss(self) -> torch.Tensor:
-        """Loss of one freshly drawn training batch (scalar, with graph)."""
-        idx = torch.randint(self.train_x.shape[0], (self.cfg.trainer.batch_size,),
-                            generator=self.data_gen)
-        x0 = self.train_x[idx.to(self.device)]
-        return self.objective(self.model, x0, generator=self.noise_gen)
-
-    def train_step(self) -> torch.Tensor | None:
-        """One optimizer step; returns the detached loss, or None for a batch skipped under
-        `trainer.skip_nonfinite` (checked at once: one host sync per step, only then)."""
-        t = self.cfg.trainer
-        loss = self.batch_loss()
-        self.optimizer.zero_grad(set_to_none=True)
-        if t.skip_nonfinite and not bool(torch.isfinite(loss)):
-            return self._skip_batch("loss", float(loss.detach()))
-        loss.backward()
-        if t.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            if t.skip_nonfinite and not bool(torch.isfinite(norm)):
-                self.optimizer.zero_grad(set_to_none=True)
-                return self._skip_batch("gradient norm", float(norm))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr(self.step)
-        self.optimizer.step()
-        self.step += 1
-        self._update_ema()
-        return loss.detach()
-
-    def _skip_batch(self, what: str, value: float) -> None:
-        """Record a skipped batch at the coming step; past the limit, stop."""
-        limit = self.cfg.trainer.skip_nonfinite
-        self.skipped.append(self.step + 1)
-        if len(self.skipped) > limit:
-            raise FloatingPointError(
-                f"training {what} is {value} at step {self.step + 1}: {len(self.skipped)} "
-                f"non-finite batches (at steps {self.skipped[-5:]}), more than "
-                f"trainer.skip_nonfinite={limit}")
-        tqdm.write(f"step {self.step + 1}: training {what} is {value}; batch skipped "
-                   f"({len(self.skipped)} of trainer.skip_nonfinite={limit})")
-        return None
-
     def _check_losses(self, losses: list[torch.Tensor]) -> torch.Tensor:
         """Stack the losses of the steps up to `self.step`; raise naming the first non-finite
         one (read here, once per log interval or checkpoint, not every step)."""
@@ -325,11 +282,12 @@ class Trainer(SamplingMixin):
     def fit(self, until: int | None = None, logger: WandbLogger | None = None,
             max_time_s: float | None = None) -> None:
         """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume, or
-        once the run's total training time reaches `max_time_s`, checkpointing there)."""
+        once the run's total training time reaches `max_time_s`, checkpointing there). On
+        SIGTERM / SIGINT: checkpoint after the current step and raise `StopRequested`."""
         t = self.cfg.trainer
         if self.closed_form:
-            tqdm.write(f"model=closed_form has no training step (trainer.steps={t.steps} "
-                       f"ignored); caching the {self.data.train.shape[0]} training points")
+            self._print(f"model=closed_form has no training step (trainer.steps={t.steps} "
+                        f"ignored); caching the {self.data.train.shape[0]} training points")
             start = time.perf_counter()
             self.save_checkpoint()
             self.train_time += time.perf_counter() - start
@@ -339,46 +297,53 @@ class Trainer(SamplingMixin):
             return  # the time budget is spent (e.g. a finished budgeted run being re-evaluated)
         end = t.steps if until is None else min(until, t.steps)
         self.model.train()
-        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, desc="train",
-                   dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.dist.is_main),
+                   desc="train", dynamic_ncols=True)
         start = time.perf_counter()
-        while self.step < end:
-            loss = self.train_step()
-            if loss is None:
-                if logger is not None:
-                    logger.log({"skipped_batches": len(self.skipped)}, step=self.step + 1)
-                continue
-            self._losses.append(loss)
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                # one host sync per log interval, not per step
-                mean = float(self._check_losses(self._losses).mean())
-                self.loss_history.append(mean)
-                bar.set_postfix(loss=f"{mean:.4g}")
-                if logger is not None:
-                    logger.log({"loss": mean, "lr": self._lr(self.step - 1)}, step=self.step)
-                self._losses = []
-            out_of_time = (max_time_s is not None
-                           and self.train_time + time.perf_counter() - start >= max_time_s)
-            if self.step % t.ckpt_every == 0 or self.step == t.steps or out_of_time:
-                if self._losses:
-                    self._check_losses(self._losses)  # never checkpoint a diverged state
-                self.train_time += time.perf_counter() - start
-                start = time.perf_counter()
-                self.save_checkpoint()
-            if out_of_time:
-                break
+        with SignalFlag() as stop, bar:
+            while self.step < end:
+                loss = self.train_step()
+                if loss is None:
+                    if logger is not None:
+                        logger.log({"skipped_batches": len(self.skipped)}, step=self.step + 1)
+                    continue
+                self._losses.append(loss)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    # one host sync per log interval, not per step
+                    mean = float(self._check_losses(self._losses).mean())
+                    self.loss_history.append(mean)
+                    bar.set_postfix(loss=f"{mean:.4g}")
+                    if logger is not None:
+                        logger.log({"loss": mean, "lr": self._lr(self.step - 1)}, step=self.step)
+                    self._losses = []
+                out_of_time = (max_time_s is not None
+                               and self.train_time + time.perf_counter() - start >= max_time_s)
+                # Ranks stop together: a signal to any of them, or any one's clock, stops all.
+                signum, out_of_time = self.dist.max_of([stop.signum, out_of_time], self.device)
+                if self.step % t.ckpt_every == 0 or self.step == t.steps or out_of_time or signum:
+                    if self._losses:
+                        self._check_losses(self._losses)  # never checkpoint a diverged state
+                    self.train_time += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.save_checkpoint()
+                if signum:
+                    raise StopRequested(int(signum), self.step, self.ckpt_path)
+                if out_of_time:
+                    break
         self.train_time += time.perf_counter() - start
-        bar.close()
 
     def run(self) -> dict[str, Any]:
-        """Train (resuming if asked), then evaluate; returns the metrics."""
+        """Train (resuming if asked), then evaluate; returns the metrics. Under torchrun rank 0
+        alone logs and evaluates; the other ranks return {} after training."""
         lg = self.cfg.logger
-        logger = WandbLogger(lg.mode, lg.project, self.run_dir,
-                             config=OmegaConf.to_container(self.cfg), name=self.cfg.name,
-                             tags=list(lg.tags))
+        logger = WandbLogger(lg.mode if self.dist.is_main else "disabled", lg.project,
+                             self.run_dir, config=OmegaConf.to_container(self.cfg),
+                             name=self.cfg.name, tags=list(lg.tags))
         try:
             self.fit(logger=logger)
+            if not self.dist.is_main:
+                return {}
             metrics = self.evaluate()
             logger.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         finally:

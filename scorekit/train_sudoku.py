@@ -56,17 +56,23 @@ class SudokuTrainer(Trainer):
         self._init_training(save_config)
 
     # --- training --------------------------------------------------------------------------
-    def batch_loss(self) -> torch.Tensor:
-        """DirichletDSM on augmented grids with a uniform number of givens in [0, max_known]."""
-        n, gen = self.cfg.trainer.batch_size, self.data_gen
+    def draw_batch(self, n: int) -> dict[str, torch.Tensor]:
+        """Augmented training grids (n, 9, 9) and a uniform number of givens in [0, max_known]
+        per board, as the mask `known` (n, 81)."""
+        gen = self.data_gen
         idx = torch.randint(self.train_grids.shape[0], (n,), generator=gen)
         grids = augment(self.train_grids[idx], gen)
         n_known = torch.randint(0, self.data.params.get("max_known", 64) + 1, (n, 1),
                                 generator=gen)
         rank = torch.argsort(torch.argsort(torch.rand(n, 81, generator=gen), 1), 1)
-        known = (rank < n_known).to(self.device)
-        x0 = to_onehot(grids, self.dtype).to(self.device)
-        return self.objective(self.model, x0, known=known, generator=self.noise_gen)
+        return {"grids": grids, "known": rank < n_known}
+
+    def chunk_loss(self, chunk: dict[str, torch.Tensor], generator: torch.Generator
+                   ) -> torch.Tensor:
+        """DirichletDSM of a chunk of boards with their givens held fixed."""
+        x0 = to_onehot(chunk["grids"], self.dtype).to(self.device)
+        return self.objective(self.train_model, x0, known=chunk["known"].to(self.device),
+                              generator=generator)
 
     # --- solving ---------------------------------------------------------------------------
     @torch.no_grad()

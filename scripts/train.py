@@ -5,26 +5,50 @@ dir. Resume a killed run with `hydra.run.dir=<its dir> trainer.resume=true`. Wit
 `model=closed_form` (e.g. `experiment=digits_closed_form`) there is no training step: the run
 caches the training data as its checkpoint and samples from the closed-form smoothed score.
 `experiment=sudoku` trains a Dirichlet-diffusion Sudoku solver and reports the solved fraction.
+
+Multi-GPU / multi-node: `torchrun --nproc_per_node=N scripts/train.py ...`; every rank uses rank
+0's run dir. SIGTERM / SIGINT stop training after the current step with a checkpoint and exit
+with 128 + the signal number (143 for SIGTERM), without evaluating.
 """
 
+import contextlib
 import json
+import os
+import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from scorekit import distributed
+from scorekit.interrupt import StopRequested
 from scorekit.train import trainer_class
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_dir = HydraConfig.get().runtime.output_dir
-    metrics = trainer_class(cfg)(cfg, run_dir=run_dir).run()
+    hydra_dir = HydraConfig.get().runtime.output_dir
+    try:
+        trainer = trainer_class(cfg)(cfg, run_dir=hydra_dir)
+        if Path(hydra_dir).resolve() != trainer.run_dir.resolve():
+            with contextlib.suppress(OSError):  # this rank's own ${now:}-named dir, if empty
+                os.rmdir(hydra_dir)
+        metrics = trainer.run()
+    except StopRequested as stop:
+        if trainer.dist.is_main:
+            print(stop, file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    finally:
+        distributed.shutdown()
+    if not trainer.dist.is_main:
+        return
     keys = ("sliced_wasserstein", "sliced_wasserstein_floor", "sliced_wasserstein_prior",
             "solved_fraction", "per_clues", "nfe", "train_time_s", "sample_time_s")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"run dir: {run_dir}  (samples.png, metrics.json, checkpoints/)")
+    print(f"run dir: {trainer.run_dir}  (samples.png, metrics.json, checkpoints/)")
 
 
 if __name__ == "__main__":
+    sys.argv += distributed.hydra_overrides()
     main()

@@ -25,15 +25,6 @@ TINY = ["trainer.steps=100", "trainer.ckpt_every=2", "trainer.log_every=5",
 SHORT = [o for o in TINY if not o.startswith("trainer.steps")] + ["trainer.steps=12"]
 
 
-@pytest.fixture
-def one_thread():
-    """Same thread count in forked children and here, so float reductions agree bit for bit."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _state(path):
     """Everything a checkpoint holds except wall-clock time."""
     tensors, meta = ckpt.load(path)
