@@ -8,13 +8,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_train import _cfg
 
 import samplers
 from scorekit.config import ConfigError, validate
 from scorekit.reflected import ReflectedSDE
 from scorekit.scores import EmpiricalScore, GaussianScore, GMMScore
 from scorekit.sde import EDMSDE, VESDE, VPSDE
-from test_train import _cfg
 
 FAST = settings(max_examples=25, deadline=None)
 SDES = {"vp": VPSDE(), "ve": VESDE(), "edm": EDMSDE()}

@@ -12,11 +12,11 @@ import warnings
 
 import pytest
 import torch
+from test_train import _cfg
 
 from scorekit import checkpoint as ckpt
 from scorekit.config import ConfigError
 from scorekit.train import Trainer
-from test_train import _cfg
 
 TINY = ["trainer.steps=100", "trainer.ckpt_every=2", "trainer.log_every=5",
         "trainer.batch_size=64", "trainer.progress=false", "model.hidden=32", "model.depth=2",
