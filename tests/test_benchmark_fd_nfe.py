@@ -77,3 +77,14 @@ def test_benchmark_script_checks_suite_options():
 def test_fd_nfe_rejects_unknown_method(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="unknown \\['nope'\\]"):
         fd_nfe.run(ckpt=str(tiny_run), methods=["nope"], out_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_fd_nfe_logs_table_and_plot_to_wandb_offline(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fd_nfe.run(ckpt=str(tiny_run), features="raw", n=8, seeds=1, methods=["em"], quick=True,
+               out_dir=str(tmp_path), name="wb", wandb="offline")
+    runs = list((tiny_run / "fd_nfe" / "wandb").glob("offline-run-*"))
+    assert runs, "no offline wandb run was written"
+    logged = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"fd_vs_nfe" in logged and b"fd/em" in logged
