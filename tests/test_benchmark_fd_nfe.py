@@ -5,8 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _config import compose_config
 
 from scorekit.train import Trainer
 
@@ -24,10 +23,7 @@ METHODS = ["em", "heun", "ode", "em+tp"]
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=TINY)
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
+    cfg = compose_config(TINY)
     run_dir = tmp_path_factory.mktemp("run")
     Trainer(cfg, run_dir=run_dir).fit()
     return run_dir

@@ -5,22 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _config import compose_config as _cfg
 from PIL import Image
 
 from scorekit.nets import UNetScore
 from scorekit.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cfg(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
 
 
 def _image_folder(root: Path, n: int = 12) -> Path:

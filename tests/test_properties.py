@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from _config import compose_config as _cfg
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_train import _cfg
 
 import samplers
 from scorekit.config import ConfigError, validate

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from _config import compose_config as _cfg
 from omegaconf import OmegaConf
 
 import samplers
@@ -19,15 +19,6 @@ from scorekit.config import ConfigError
 from scorekit.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = str(ROOT / "configs")
-
-
-def _cfg(overrides=()):
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
 
 
 SMALL = ["trainer.steps=40", "trainer.ckpt_every=20", "trainer.batch_size=64",

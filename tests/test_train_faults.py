@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from test_train import _cfg
+from _config import compose_config as _cfg
 
 from scorekit import checkpoint as ckpt
 from scorekit.config import ConfigError

@@ -1,11 +1,9 @@
 """Hydra wiring of the TSM, local-DSM and reflected-DSM objectives and their experiment configs."""
 
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _config import compose_config as _cfg
 
 from scorekit.config import ConfigError
 from scorekit.objectives import TSM, LocalDSM, ReflectedDSM
@@ -13,19 +11,10 @@ from scorekit.reflected import ReflectedSDE
 from scorekit.sde import DoubleWellSDE
 from scorekit.train import Trainer
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 SMALL = ["trainer.steps=20", "trainer.ckpt_every=20", "trainer.batch_size=64",
          "trainer.log_every=10", "trainer.progress=false", "model.hidden=32", "model.depth=2",
          "data.n_train=2000", "data.n_test=500", "eval.n_samples=200", "eval.n_proj=16",
          "eval.plot=false", "sampler.steps=20"]
-
-
-def _cfg(overrides):
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
 
 
 @pytest.mark.slow

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _config import compose_config as _cfg
 
 from scorekit import checkpoint as ckpt
 from scorekit import distributed
@@ -28,14 +27,6 @@ TINY = ["trainer.steps=20", "trainer.batch_size=64", "trainer.log_every=1",
         "trainer.ckpt_every=10", "trainer.progress=false", "model.hidden=32", "model.depth=2",
         "data.n_train=2000", "data.n_test=500", "eval.n_samples=200", "eval.plot=false",
         "sampler.steps=10"]
-
-
-def _cfg(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
 
 
 def _build(overrides, run_dir):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from _config import compose_config
 
 from scorekit.train import trainer_class
 from scorekit.train_sudoku import SudokuTrainer
@@ -25,12 +24,7 @@ TINY = ["experiment=sudoku", "trainer.batch_size=32", "trainer.progress=false",
 
 
 def _cfg(tmp_path, overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, f"+sde.cache_dir={tmp_path / 'cache'}",
-                                           *overrides])
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
+    return compose_config([*TINY, f"+sde.cache_dir={tmp_path / 'cache'}", *overrides])
 
 
 @pytest.mark.slow
