@@ -50,14 +50,20 @@ def feature_kind(features: str, sample_shape: tuple[int, ...], weights: str | No
     return "raw"
 
 
-def grid(method: str, quick: bool, max_nfe: int) -> list[dict]:
+def grid(method: str, quick: bool, max_nfe: int, sde_name: str) -> list[dict]:
     """Sampler options per point: tolerances for ode/ggf, else steps matching each NFE."""
     if method in QUICK_TOLS:
         if quick:
             return QUICK_TOLS[method]
         return nq.configs(method, quick=False)
     nfes = [n for n in (QUICK_GRID if quick else NFE_GRID) if n <= max_nfe]
-    return [c for c in (nq.settings(method, n) for n in nfes) if c is not None]
+    points = [c for c in (nq.settings(method, n) for n in nfes) if c is not None]
+    if sde_name == "edm" and method in ("em", "pc"):
+        # Their default grid is uniform in t, i.e. in sigma for EDM: from sigma = 80 nearly every
+        # step lands at high noise and the last one jumps from sigma ~ 80/steps to sigma_min.
+        # Karras' rho = 7 grid is what an EDM user would pick (Heun's default for EDM).
+        points = [{**p, "grid": "edm"} for p in points]
+    return points
 
 
 def _setting(opts: dict) -> str:
@@ -110,7 +116,7 @@ def measure(trainer, methods: list[str], fe, n: int, seeds: int, quick: bool, ma
         print(f"teleport t* = {t_star:.4f} (EV >= {nq.TP_THRESH})", flush=True)
     for label in methods:
         method, fixed = nq.METHODS[label]
-        for opts in grid(method, quick, max_nfe):
+        for opts in grid(method, quick, max_nfe, trainer.cfg.sde.name):
             section = {"method": method, **fixed, **opts}
             if fixed.get("teleport"):
                 section["t_start"] = t_star

@@ -39,18 +39,19 @@ def test_fd_nfe_end_to_end(tiny_run, tmp_path):
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"tiny.{ext}").stat().st_size > 0
     rows = {(r["method"], r["setting"]): r for r in payload["rows"]}
-    # Counted NFE: EM steps + Tweedie = 10 and 35; Heun 2*steps - 1 = 9 and 35.
-    assert rows[("em", "steps=9")]["nfe"] == 10 and rows[("em", "steps=34")]["nfe"] == 35
+    # Counted NFE: EM steps + Tweedie = 10 and 35 (on Karras' grid for EDM); Heun 2*steps - 1.
+    assert rows[("em", "steps=9, grid=edm")]["nfe"] == 10
+    assert rows[("em", "steps=34, grid=edm")]["nfe"] == 35
     assert rows[("heun", "steps=5")]["nfe"] == 9 and rows[("heun", "steps=18")]["nfe"] == 35
     assert rows[("ode", "rtol=0.01, atol=0.01")]["nfe"] > 0
-    assert payload["t_star"] is not None and ("em+tp", "steps=9") in rows
+    assert payload["t_star"] is not None and ("em+tp", "steps=9, grid=edm") in rows
     floor = rows[("data: train vs held-out", "n=16")]
     assert floor["nfe"] == 0 and floor["fd_test"] > 0
     # 3 training steps cannot model digits: every sampler is far above the data's own level.
     assert all(r["fd_test"] > floor["fd_test"] for r in payload["rows"] if r["nfe"] > 0)
     saved = json.loads((tmp_path / "tiny.json").read_text())
     assert saved["train_steps"] == 3 and saved["features"]["kind"] == "raw"
-    assert "| em | steps=9 | 10 |" in (tmp_path / "tiny.md").read_text()
+    assert "| em | steps=9, grid=edm | 10 |" in (tmp_path / "tiny.md").read_text()
 
 
 def test_fd_nfe_resumes_from_cached_rows(tiny_run, tmp_path, monkeypatch):
