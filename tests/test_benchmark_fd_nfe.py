@@ -49,6 +49,9 @@ def test_fd_nfe_end_to_end(tiny_run, tmp_path):
     assert floor["nfe"] == 0 and floor["fd_test"] > 0
     # 3 training steps cannot model digits: every sampler is far above the data's own level.
     assert all(r["fd_test"] > floor["fd_test"] for r in payload["rows"] if r["nfe"] > 0)
+    m = payload["matched"]  # the run's own sampler (heun) at the held-out size, vs train
+    assert m["n"] == 360 and len(m["fd_train"]) == 1 and m["nfe"] == 35
+    assert m["ratio"] == pytest.approx(m["fd_train_mean"] / m["data_fd_train"]) and m["ratio"] > 1
     saved = json.loads((tmp_path / "tiny.json").read_text())
     assert saved["train_steps"] == 3 and saved["features"]["kind"] == "raw"
     assert "| em | steps=9, grid=edm | 10 |" in (tmp_path / "tiny.md").read_text()
