@@ -23,7 +23,7 @@ def _kernels():
 
 def _detached(s: Tensor, x: Tensor) -> Tensor:
     # A score that returns (a view of) its input would see x change under it below.
-    if s.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+    if s.data_ptr() == x.data_ptr():
         return s.clone()
     return s
 
