@@ -118,8 +118,9 @@ def torchsde_em(score: Callable, sde: VPSDE, shape: tuple[int, ...], n: int,
 
     y0 = torch.randn(shape, generator=g, device=g.device).flatten(1)
     ts = torch.tensor([0.0, span], device=y0.device)
-    # dt a hair over span / n: rounding must not add an (n+1)-th sliver of a step.
-    ys = torchsde.sdeint(Reverse(), y0, ts, method="euler", dt=span / n * (1 + 1e-9))
+    # dt a hair over span / n: float32 time sums must not add an (n+1)-th sliver step.
+    ys = torchsde.sdeint(Reverse(), y0, ts, method="euler",
+                         dt=float(ts[-1]) / n * (1 + 1e-4))
     return ys[-1].view(shape)
 
 
@@ -239,8 +240,9 @@ def run_config(net_name: str, batch: int, nfe: int, device: str, reps: int,
                "nfe": out if isinstance(out, float) else score.nfe()}
         rows.append(row)
         active[name] = (fn, row, score)
-    for _ in range(reps):  # interleaved reps, each with the object it warmed up with
-        for fn, row, score in active.values():
+    runs = list(active.values())
+    for rep in range(reps):  # interleaved, rotating order; each with the object it warmed up
+        for fn, row, score in runs[rep % len(runs):] + runs[:rep % len(runs)]:
             g = torch.Generator(device=device).manual_seed(len(row["times"]) + 1)
             start = now()
             with torch.no_grad():
@@ -250,15 +252,23 @@ def run_config(net_name: str, batch: int, nfe: int, device: str, reps: int,
         row.update(net=net_name, batch=batch, steps=nfe, t_net=t_net)
         if row["status"] == "ok":
             row["time_s"] = statistics.median(row["times"])
+            row["time_min_s"] = min(row["times"])
             row["samples_per_s"] = batch / row["time_s"]
             row["overhead"] = (row["time_s"] - row["nfe"] * t_net) / row["time_s"]
+            # Per counted NFE: torchsde calls the drift once more than it steps (shape check).
+            row["per_nfe"] = [t / row["nfe"] for t in row.pop("times")]
     base = next((r for r in rows if r["contender"] == "scorekit" and r["status"] == "ok"), None)
     for row in rows:
         if base is not None and row["status"] == "ok":
-            # Per counted NFE: torchsde calls the drift once more than it steps (shape check).
-            row["vs_scorekit"] = (row["time_s"] / row["nfe"]) / (base["time_s"] / base["nfe"])
+            row["vs_scorekit"] = paired_ratio(row["per_nfe"], base["per_nfe"])
     samplers.clear_graphs()
     return rows
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over reps of a[r] / b[r]: reps r ran back to back, so a shared machine's load
+    drifts cancel in each ratio."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def headline(rows: list[dict]) -> list[dict]:
@@ -273,15 +283,42 @@ def headline(rows: list[dict]) -> list[dict]:
                   and r["status"] == "ok"}
             if peer not in rs or "scorekit" not in rs:
                 continue
-            per_nfe = {k: r["time_s"] / r["nfe"] for k, r in rs.items()}
-            eager.append(per_nfe[peer] / per_nfe["scorekit"])
-            best.append(per_nfe[peer] / min(per_nfe[k] for k in OURS if k in per_nfe))
+            ours = [rs[k]["per_nfe"] for k in OURS if k in rs]
+            fastest = [min(times) for times in zip(*ours, strict=True)]
+            eager.append(rs[peer]["vs_scorekit"])
+            best.append(paired_ratio(rs[peer]["per_nfe"], fastest))
         if eager:
             out.append({"peer": peer, "settings": len(eager),
                         "eager_min": min(eager), "eager_median": statistics.median(eager),
                         "eager_max": max(eager), "best_min": min(best),
                         "best_median": statistics.median(best), "best_max": max(best)})
     return out
+
+
+def op_profile(device: str, net_name: str = "mlp_tiny", batch: int = 256, nfe: int = 100,
+               ) -> list[dict]:
+    """torch.profiler of scorekit eager vs the plain loop (warm, same network): ATen op calls
+    and their self time, to tell tensor work from Python overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sde = VPSDE()
+    net, sample_shape = make_net(net_name, sde, device)
+    shape, out = (batch, *sample_shape), []
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    fns = {"plain": plain_em, "scorekit": scorekit_em("eager")}
+    with torch.no_grad():
+        for name, fn in (*fns.items(), *fns.items()):  # second round: both warm
+            g = torch.Generator(device=device).manual_seed(0)
+            start = time.perf_counter()
+            with profile(activities=acts) as prof:
+                fn(net, sde, shape, nfe, g)
+            wall = time.perf_counter() - start
+            ev = prof.key_averages()
+            out.append({"contender": name, "net": net_name, "batch": batch, "steps": nfe,
+                        "aten_calls": sum(e.count for e in ev if e.key.startswith("aten::")),
+                        "op_self_ms": sum(e.self_cpu_time_total for e in ev) / 1e3,
+                        "profiled_wall_ms": wall * 1e3})
+    return out[2:]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -336,22 +373,25 @@ def run(device: str = "cpu", quick: bool = False, reps: int = 5, name: str | Non
         except Exception:  # noqa: BLE001
             versions[mod] = None
     heads = headline(rows)
+    profiled = op_profile(device, batch=64 if quick else 256, nfe=5 if quick else 100)
     name = name or f"hot_loop_{device}{'_quick' if quick else ''}"
-    for r in rows:
-        r.pop("times", None)
     payload = {"env": environment(), "versions": versions, "device": device, "reps": reps,
-               "headline": heads, "rows": rows,
+               "headline": heads, "rows": rows, "op_profile": profiled,
                "notes": {k: v for k, v in which.items() if isinstance(v, str)}}
-    cols = ["net", "batch", "steps", "contender", "nfe", "time_s", "samples_per_s", "overhead",
-            "vs_scorekit", "warmup_s", "status"]
+    cols = ["net", "batch", "steps", "contender", "nfe", "time_s", "time_min_s", "samples_per_s",
+            "overhead", "vs_scorekit", "warmup_s", "status"]
     md = (f"# Hot loop ({device}; {versions['device_name']}; torch {torch.__version__}; "
           f"{torch.get_num_threads()} thread(s); median of {reps} after 1 warm-up)\n\n"
-          "`vs_scorekit` = wall time per counted NFE / scorekit eager's at the same setting "
-          "(> 1: slower than scorekit; torchsde makes one extra drift call, its shape check). "
+          "`vs_scorekit` = wall time per counted NFE / scorekit eager's at the same setting, "
+          "median over reps of the ratio within a rep (contenders run back to back in each "
+          "rep) (> 1: slower than scorekit; torchsde makes one extra drift call, its shape "
+          "check). `time_s`: median, `time_min_s`: fastest rep. "
           "`overhead` = (T - NFE t_net) / T. Ratios: peer / scorekit eager (`eager_*`) and "
           "peer / fastest scorekit variant (`best_*`) over the settings.\n\n"
           "## Peer / scorekit time ratios\n\n"
           + markdown_table(heads, list(heads[0]) if heads else ["peer"])
+          + "\n\n## Where the time goes (torch.profiler, warm runs)\n\n"
+          + markdown_table(profiled, list(profiled[0]))
           + "\n\n## All settings\n\n" + markdown_table(rows, cols) + "\n")
     write(name, payload, md)
     plot(rows, RESULTS / f"{name}.png")

@@ -6,7 +6,7 @@ stream). The choice is automatic: CUDA tensors with triton importable take the k
 tensors (or `use_triton=False`) the PyTorch path. triton is imported only on the kernel path,
 so `import samplers` never loads it.
 
-    steps = Steps(table, like=x, generator=g)   # table: (N, k) float64, one row per step
+    steps = Steps(table, ts, x, generator=g)     # table: (N, k) float64, one row per step
     for i in range(N):
         s = score(x, steps.time(i))
         em_update(x, s, steps, i)                # x <- k1 x + k2 s + k3 z, in place

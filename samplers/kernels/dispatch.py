@@ -41,13 +41,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class Steps:
-    """Per-step data of one fixed-step solve of x: (B, *D) along the float64 grid ts: (N+1,).
+    """Per-step data of one fixed-step solve of x: (B, *D) on the float64 grid ts: (N+1,).
 
-    table: (N, k) float64, row i the coefficients of step i. The PyTorch path reads `rows`
-    (Python floats rounded to x's dtype, as the samplers always did; `host_rows` overrides
-    them) and the step times as views; the kernel path reads `coef` (N, k) on the device at
-    the row held in the device `cursor` = [row, Philox offset], so a loop of kernel updates
-    never takes a Python value that changes between steps (CUDA-graph capturable).
+    table (N, k) float64: row i = step i's coefficients. The PyTorch path reads `rows` (Python
+    floats in x's dtype, or `host_rows`); the kernel path reads `coef` on the device at the row
+    of the device `cursor` = [row, Philox offset], so its loops are CUDA-graph capturable.
     """
 
     def __init__(self, table: Tensor, ts: Tensor, like: Tensor,

@@ -29,6 +29,13 @@ def _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, HAS_NOISE: tl.constexpr):
 
 
 @triton.jit
+def _row_tile(rows, j, b, d, COLS: tl.constexpr):
+    # Flat indices and mask of columns j..j+COLS of the given rows of a (b, d) array.
+    cols = j + tl.arange(0, COLS)
+    return rows[:, None] * d + cols[None, :], (rows < b)[:, None] & (cols < d)[None, :]
+
+
+@triton.jit
 def _em_kernel(x_ptr, s_ptr, z_ptr, mean_ptr, coef_ptr, cursor_ptr, seed_ptr, n, ncol,
                COL: tl.constexpr, HAS_NOISE: tl.constexpr, WRITE_MEAN: tl.constexpr,
                BLOCK: tl.constexpr):
@@ -52,9 +59,7 @@ def _row_sq_norms_kernel(s_ptr, z_ptr, out_ptr, cursor_ptr, seed_ptr, b, d,
     acc_s = tl.zeros([ROWS, COLS], dtype=out_ptr.dtype.element_ty)
     acc_z = tl.zeros([ROWS, COLS], dtype=out_ptr.dtype.element_ty)
     for j in range(0, d, COLS):
-        cols = j + tl.arange(0, COLS)
-        mask = (rows < b)[:, None] & (cols < d)[None, :]
-        idx = rows[:, None] * d + cols[None, :]
+        idx, mask = _row_tile(rows, j, b, d, COLS)
         s = tl.load(s_ptr + idx, mask=mask, other=0.0).to(acc_s.dtype)
         z = _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, HAS_NOISE).to(acc_z.dtype)
         acc_s += s * s
@@ -112,9 +117,7 @@ def _ggf_error_kernel(xh_ptr, xe_ptr, xp_ptr, out_ptr, tol_ptr, b, d,
     abs_tol, rel_tol = tl.load(tol_ptr), tl.load(tol_ptr + 1)
     acc = tl.zeros([ROWS, COLS], dtype=out_ptr.dtype.element_ty)
     for j in range(0, d, COLS):
-        cols = j + tl.arange(0, COLS)
-        mask = (rows < b)[:, None] & (cols < d)[None, :]
-        idx = rows[:, None] * d + cols[None, :]
+        idx, mask = _row_tile(rows, j, b, d, COLS)
         xh = tl.load(xh_ptr + idx, mask=mask, other=0.0).to(acc.dtype)
         xe = tl.load(xe_ptr + idx, mask=mask, other=0.0).to(acc.dtype)
         scale = tl.abs(xe)
