@@ -42,6 +42,7 @@ from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
 from samplers.fkc import FKCResult, fkc_anneal, fkc_sample
 from samplers.ggf import gotta_go_fast
 from samplers.jacobi import jacobi
+from samplers.kernels.graph import check_capture, clear_graphs, compile_score, sample_graphed
 from samplers.likelihood import bits_per_dim, log_likelihood
 from samplers.ode import heun, probability_flow
 from samplers.sde_solvers import euler_maruyama, predictor_corrector
@@ -53,7 +54,8 @@ from scorekit.sde import SDE
 
 __all__ = ["sample", "available", "register", "SampleResult", "CountingScore", "time_grid",
            "tweedie", "log_likelihood", "bits_per_dim", "GaussianTeleport", "fkc_sample",
-           "FKCResult", "NonFiniteError", "FiniteGuard", "sample_to_disk", "load_samples"]
+           "FKCResult", "NonFiniteError", "FiniteGuard", "sample_to_disk", "load_samples",
+           "clear_graphs"]
 
 _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "em": euler_maruyama,
@@ -89,6 +91,7 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
            x_init: torch.Tensor | None = None, teleport: GaussianTeleport | None = None,
            t_start: float | str | None = None, teleport_mode: str | None = None,
            teleport_thresh: float = 0.99, check_finite: bool = True,
+           capture: str | None = None, compile: bool | dict[str, Any] = False,
            **options: Any) -> SampleResult:
     """Draw `shape[0]` samples by integrating the reverse process from the prior at T to eps.
 
@@ -108,10 +111,20 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     check_finite: stop with `NonFiniteError` (naming the evaluation step, t and the fraction of
     bad entries) as soon as the score returns NaN/inf, and check the final samples; see
     `FiniteGuard` for its cost (one reduction per evaluation, no per-step sync on GPU).
+
+    Speed (see `samplers.kernels`): the fixed-step methods fuse each update into one Triton
+    kernel on CUDA (`use_triton=False` opts out). capture="graph" (CUDA, "em"/"pc"/"heun")
+    replays the whole solve as cached CUDA graphs (`graph_mode` "auto"/"loop"/"step";
+    `samplers.clear_graphs()` frees them); inside the graph only the final samples are checked
+    for NaN/inf. compile=True (or a dict of torch.compile options, e.g. {"backend":
+    "aot_eager"}) compiles the score. Neither changes the counted NFE.
     """
     method = _resolve_method(method, sde)
     fn = _METHODS[method]
     valid = accepted_kwargs(fn)
+    if capture not in (None, "graph"):
+        raise ValueError(f"capture must be None or 'graph', got {capture!r}")
+    graph_mode = options.pop("graph_mode", "auto") if capture == "graph" else None
     if valid is not None:
         for key in options:
             if key not in valid or key in ("score", "sde", "x", "steps", "generator"):
@@ -132,10 +145,17 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
             x, extra = _teleport(score, sde, x, method, fn, teleport, t_start, teleport_mode,
                                  teleport_thresh, generator, options, x_init is not None)
         options["t_start"] = extra["t_start"]
+    if capture == "graph":
+        check_capture(method, x, options)
+    if compile:
+        score = compile_score(score, compile, x.device, captured=capture == "graph")
     guard = FiniteGuard() if check_finite else None
     counter = CountingScore(score, shape[0], device=x.device, guard=guard)
     with torch.no_grad():
-        out, info = fn(counter, sde, x, generator=generator, **options)
+        if capture == "graph":
+            out, info = sample_graphed(counter, sde, x, method, options, generator, graph_mode)
+        else:
+            out, info = fn(counter, sde, x, generator=generator, **options)
     if guard is not None:
         guard.final(out, counter.calls)
     if out.is_cuda:

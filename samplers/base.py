@@ -123,18 +123,31 @@ class CountingScore:
     def __init__(self, score: Score, n: int, device: torch.device | str | None = None,
                  guard: FiniteGuard | None = None):
         self.score = score
-        self.counts = torch.zeros(n, dtype=torch.int64, device=device)
+        self._counts = torch.zeros(n, dtype=torch.int64, device=device)
+        self._pending = 0  # whole-batch calls not yet added: one tensor op per read, not per call
         self.calls = 0
         self.guard = guard
 
+    @property
+    def counts(self) -> Tensor:
+        """Evaluations per sample, (n,) int64."""
+        if self._pending:
+            self._counts += self._pending
+            self._pending = 0
+        return self._counts
+
+    @counts.setter
+    def counts(self, value: Tensor) -> None:
+        self._counts, self._pending = value, 0
+
     def __call__(self, x: Tensor, t: Tensor, rows: Tensor | None = None) -> Tensor:
         if rows is None:
-            if x.shape[0] != self.counts.shape[0]:
+            if x.shape[0] != self._counts.shape[0]:
                 raise ValueError(f"score called on a batch of {x.shape[0]} without `rows`; "
-                                 f"the sampler has {self.counts.shape[0]} samples")
-            self.counts += 1
+                                 f"the sampler has {self._counts.shape[0]} samples")
+            self._pending += 1
         else:
-            self.counts.index_add_(0, rows, torch.ones_like(rows, dtype=torch.int64))
+            self._counts.index_add_(0, rows, torch.ones_like(rows, dtype=torch.int64))
         self.calls += 1
         s = self.score(x, t)
         if self.guard is not None:

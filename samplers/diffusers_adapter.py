@@ -79,11 +79,17 @@ def make_scheduler(kind: str, sde: SDE, n_train: int = N_TRAIN, table: str | Non
         if key not in valid:
             raise ValueError(f"{cls_name} (diffusers {diffusers.__version__}) has no option "
                              f"{key!r}")
+    return cls(num_train_timesteps=n_train, trained_betas=trained_betas(sde, n_train, table, t_max),
+               prediction_type="epsilon", **params)
+
+
+def trained_betas(sde: SDE, n_train: int = N_TRAIN, table: str | None = None,
+                  t_max: float | None = None) -> list[float]:
+    """The `trained_betas` that make a diffusers scheduler's alphas_cumprod[n] equal the
+    process's alpha_bar(t_n) on the table of `_alpha_bar_table`."""
     _, abar = _alpha_bar_table(sde, n_train, table, t_max)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    betas = (1 - abar / prev).clamp(0.0, 0.999999)
-    return cls(num_train_timesteps=n_train, trained_betas=betas.tolist(),
-               prediction_type="epsilon", **params)
+    return (1 - abar / prev).clamp(0.0, 0.999999).tolist()
 
 
 def diffusers_sampler(kind: str):

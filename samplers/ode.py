@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from samplers.base import Score, time_grid
+from samplers.kernels import Steps, heun_correct, heun_predict
+from samplers.kernels.loop import Loop
 from samplers.sde_solvers import DENOISE, _check_choice, _finish
 from scorekit.sde import EDMSDE, SDE, _per_sample
 
@@ -109,33 +111,61 @@ def probability_flow(score: Score, sde: SDE, x: Tensor, *, solver: str = "dopri5
 
 def heun(score: Score, sde: SDE, x: Tensor, *, steps: int = 18, grid: str | None = None,
          rho: float = 7.0, denoise: str = "tweedie", t_start: float | None = None,
-         generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+         generator: torch.Generator | None = None,
+         use_triton: bool | None = None) -> tuple[Tensor, dict]:
     """EDM's deterministic Heun sampler (Karras et al. 2022, Alg. 1); x: (B, *D).
 
     `steps` grid points from t_start (default T) to eps, Heun steps between them in the rescaled
     variables, then EDM's final Euler step to noise level 0 — which is exactly the Tweedie denoiser
     — so NFE = 2 steps - 1. denoise="none" stops at eps instead (NFE = 2 steps - 2). `grid` defaults
-    to "edm" (rho schedule in the noise level) for EDMSDE and "uniform" otherwise.
+    to "edm" (rho schedule in the noise level) for EDMSDE and "uniform" otherwise. use_triton: each
+    Heun stage is one Triton kernel on CUDA (see `samplers.kernels`).
     """
+    return heun_program(score, sde, x, steps=steps, grid=grid, rho=rho, denoise=denoise,
+                        t_start=t_start, generator=generator, use_triton=use_triton).run()
+
+
+def heun_program(score: Score, sde: SDE, x: Tensor, *, steps: int = 18, grid: str | None = None,
+                 rho: float = 7.0, denoise: str = "tweedie", t_start: float | None = None,
+                 generator: torch.Generator | None = None,
+                 use_triton: bool | None = None) -> HeunLoop:
+    """The "heun" solve as a `Loop` (run it, or capture it as a graph)."""
     _check_choice(denoise, ("tweedie", "none"), "denoise")
     if steps < 2:
         raise ValueError(f"heun needs steps >= 2 (grid points from T to eps), got {steps}")
     grid = grid or ("edm" if isinstance(sde, EDMSDE) else "uniform")
     ts = time_grid(sde, steps - 1, grid, t_start=t_start, rho=rho)
-    alpha, sigma = sde._marginal(ts)
-    level, alpha_l, sigma_l = (sigma / alpha).tolist(), alpha.tolist(), sigma.tolist()
-    t_vec = ts.to(device=x.device, dtype=x.dtype)
-    b = x.shape[0]
+    return HeunLoop(score, sde, x, ts, denoise, use_triton, {"grid": grid})
 
-    def eps_hat(xs: Tensor, i: int) -> Tensor:  # dx~/ds at grid point i
-        return -sigma_l[i] * score(xs * alpha_l[i], t_vec[i].expand(b))
 
-    xs = x / alpha_l[0]
-    for i in range(steps - 1):
-        ds = level[i + 1] - level[i]
-        d = eps_hat(xs, i)
-        x_euler = xs + ds * d
-        xs = xs + 0.5 * ds * (d + eps_hat(x_euler, i + 1))
-    if denoise == "tweedie":  # Euler step from s(eps) to 0: x~ - s * eps_hat = E[x0 | x]
-        return xs - level[-1] * eps_hat(xs, steps - 1), {"grid": grid}
-    return xs * alpha_l[-1], {"grid": grid}
+class HeunLoop(Loop):
+    """Heun steps in x~ = x / alpha along the noise levels s_i = sigma_i / alpha_i of the grid ts,
+    with slopes d = dx~/ds = -sigma_i score(alpha_i x~, t_i). Row i of the table:
+    (-sigma_i, ds_i, alpha_{i+1}, -sigma_{i+1}, ds_i / 2), ds_i = s_{i+1} - s_i."""
+
+    def __init__(self, score: Score, sde: SDE, x: Tensor, ts: Tensor, denoise: str,
+                 use_triton: bool | None, info: dict):
+        alpha, sigma = sde._marginal(ts)
+        level = sigma / alpha
+        ds = level[1:] - level[:-1]
+        table = torch.stack([-sigma[:-1], ds, alpha[1:], -sigma[1:], 0.5 * ds], dim=1)
+        # Host rows stay float64: the sampler always multiplied by these Python floats.
+        self.steps = Steps(table, ts, x, None, use_triton, host_rows=table.tolist())
+        self.score, self.denoise, self.info = score, denoise, info
+        self.level, self.alpha, self.sigma = level.tolist(), alpha.tolist(), sigma.tolist()
+        self.x = x
+
+    def prologue(self) -> None:
+        self.xs = self.x / self.alpha[0]
+        self.x_in = self.xs * self.alpha[0]
+
+    def step(self, i: int) -> None:
+        st = self.steps
+        d1, x_in = heun_predict(self.xs, self.score(self.x_in, st.time(i)), st, i)
+        self.x_in = heun_correct(self.xs, d1, self.score(x_in, st.time(i, ahead=1)), st, i)
+
+    def finish(self) -> Tensor:
+        if self.denoise == "tweedie":  # Euler step from s(eps) to 0: x~ - s * eps_hat = E[x0 | x]
+            d = -self.sigma[-1] * self.score(self.x_in, self.steps.times[-1])
+            return self.xs - self.level[-1] * d
+        return self.xs * self.alpha[-1]

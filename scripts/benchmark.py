@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # suite name -> "module:function" under benchmarks/; add new suites here.
-SUITES = {"sudoku": "benchmarks.sudoku:run", "fd_nfe": "benchmarks.fd_nfe:run"}
+SUITES = {"sudoku": "benchmarks.sudoku:run", "fd_nfe": "benchmarks.fd_nfe:run",
+          "hot_loop": "benchmarks.hot_loop:run"}
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:

@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# Without CUDA, triton's kernels run only in its interpreter, and triton reads TRITON_INTERPRET
+# when each function (its own library's included) is decorated: set it before anything imports
+# triton, so the kernel tests (tests/test_kernels.py) can run wherever triton is installed.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,115 @@
+"""Which path an update takes, and the per-solve data every update of one solve shares."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+# Philox seeds are drawn below 2^62 so the int64 seed tensor never overflows.
+SEED_BOUND = 2**62
+
+
+def triton_available() -> bool:
+    """Whether triton can be imported (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_fused(x: Tensor, use_triton: bool | None = None) -> bool:
+    """True when updates of `x` run as Triton kernels.
+
+    None picks the kernels for CUDA tensors when triton is installed, PyTorch otherwise;
+    True forces them (CPU tensors then need TRITON_INTERPRET=1, triton's interpreter).
+    """
+    if use_triton is None:
+        return x.is_cuda and triton_available()
+    if not use_triton:
+        return False
+    if not triton_available():
+        raise RuntimeError("use_triton=True needs triton (pip install 'scorekit[gpu]')")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"use_triton=True on a {x.device} tensor needs triton's interpreter "
+                         "(TRITON_INTERPRET=1 set before the kernels are imported)")
+    return True
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Kernels compute in float64 for float64 storage and in float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Steps:
+    """Per-step data of one fixed-step solve of x: (B, *D) on the float64 grid ts: (N+1,).
+
+    table (N, k) float64: row i = step i's coefficients. The PyTorch path reads `rows` (Python
+    floats in x's dtype, or `host_rows`); the kernel path reads `coef` on the device at the row
+    of the device `cursor` = [row, Philox offset], so its loops are CUDA-graph capturable.
+    """
+
+    def __init__(self, table: Tensor, ts: Tensor, like: Tensor,
+                 generator: torch.Generator | None = None, use_triton: bool | None = None,
+                 host_rows: list[list[float]] | None = None):
+        self.fused = use_fused(like, use_triton)
+        self.count, self.batch, self.numel = table.shape[0], like.shape[0], like.numel()
+        self.generator = generator
+        self.rows = table.to(like.dtype).tolist() if host_rows is None else host_rows
+        self.t_table = ts.to(device=like.device, dtype=like.dtype)
+        # One view per grid point, made once: indexing a tensor every step costs a dispatch.
+        self.times = self.t_table[:, None].expand(-1, self.batch).unbind(0)
+        self._buffers: dict[str, Tensor] = {}
+        if self.fused:
+            dev = like.device
+            self.coef = table.to(device=dev, dtype=compute_dtype(like.dtype)).contiguous()
+            self.cursor = torch.zeros(2, dtype=torch.int64, device=dev)
+            self.seed = torch.zeros(1, dtype=torch.int64, device=dev)
+            # Cursor increments: next step (row and noise), noise only, row only.
+            self._moves = torch.tensor([[1, self.numel], [0, self.numel], [1, 0]],
+                                       dtype=torch.int64, device=dev)
+            self.reset(generator)
+
+    def reset(self, generator: torch.Generator | None = None) -> None:
+        """Kernel path: back to row 0 with a fresh Philox seed drawn from `generator`."""
+        if not self.fused:
+            return
+        dev = self.cursor.device
+        gen_dev = generator.device if generator is not None else dev
+        seed = torch.randint(0, SEED_BOUND, (1,), generator=generator, device=gen_dev,
+                             dtype=torch.int64)
+        self.seed.copy_(seed, non_blocking=True)
+        self.cursor.zero_()
+
+    def advance(self, noise: bool = True, row: bool = True) -> None:
+        """Kernel path: move the cursor past this step's row and/or its noise draw."""
+        if self.fused:
+            self.cursor.add_(self._moves[0 if noise and row else (1 if noise else 2)])
+
+    def time(self, i: int, ahead: int = 0) -> Tensor:
+        """t of grid point i + ahead for every sample, (B,); the kernel path reads the row
+        from the cursor (i is then ignored)."""
+        if not self.fused:
+            return self.times[i + ahead]
+        return torch.index_select(self.t_table[ahead:], 0, self.cursor[:1]).expand(self.batch)
+
+    def coefficient(self, col: int) -> Tensor:
+        """Kernel path: coefficient `col` of the cursor's row, (1,) on the device."""
+        return torch.index_select(self.coef[:, col], 0, self.cursor[:1])
+
+    def draw(self, x: Tensor) -> Tensor:
+        """PyTorch path: standard normal noise shaped like x from the solve's generator, into
+        a buffer reused every step."""
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device,
+                           out=self.buffer("z", x))
+
+    def buffer(self, name: str, like: Tensor) -> Tensor:
+        """A scratch tensor shaped like `like`, allocated once per solve."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self._buffers[name] = buf
+        return buf
+
+    def own(self, x: Tensor) -> Tensor:
+        """A contiguous copy of the caller's x that the updates may overwrite in place."""
+        return x.clone(memory_format=torch.contiguous_format)
