@@ -9,8 +9,11 @@ clips them to the data's range as saved images would be, and measures FD against
 images in the chosen feature space: "classifier" (the project's digits CNN; the default for 8x8
 grey images), "inception" (FID; `weights=` or $SCOREKIT_INCEPTION; the default for other images
 when the file is set), or "raw" pixels. The reference level is the data's own FD: `n` training
-images vs the same held-out set. Each finished row is cached in `<run dir>/fd_nfe/rows.json`, so
-a killed benchmark resumes where it stopped. Writes results/<name>.{json,md,png} (name defaults
+images vs the same held-out set. The equal-n check: the run's own sampler at n = the held-out
+size, FD to the training images, next to the held-out images' FD to them (both sides unseen by a
+feature network trained on the training split, as the digits classifier is). Each finished row
+is cached in `<run dir>/fd_nfe/rows.json`, so a killed benchmark resumes where it stopped.
+Writes results/<name>.{json,md,png} (name defaults
 to `fd_nfe_<run name>`); `wandb=offline|online` also logs the rows, the table and the plot.
 """
 
