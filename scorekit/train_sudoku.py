@@ -57,13 +57,14 @@ class SudokuTrainer(Trainer):
 
     # --- training --------------------------------------------------------------------------
     def draw_batch(self, n: int) -> dict[str, torch.Tensor]:
-        """Augmented training grids (n, 9, 9) and a uniform number of givens in [0, max_known]
-        per board, as the mask `known` (n, 81)."""
+        """Augmented training grids (n, 9, 9) and a uniform number of givens in
+        [min_known, max_known] per board, as the mask `known` (n, 81)."""
         gen = self.data_gen
         idx = torch.randint(self.train_grids.shape[0], (n,), generator=gen)
         grids = augment(self.train_grids[idx], gen)
-        n_known = torch.randint(0, self.data.params.get("max_known", 64) + 1, (n, 1),
-                                generator=gen)
+        params = self.data.params
+        n_known = torch.randint(params.get("min_known", 0), params.get("max_known", 64) + 1,
+                                (n, 1), generator=gen)
         rank = torch.argsort(torch.argsort(torch.rand(n, 81, generator=gen), 1), 1)
         return {"grids": grids, "known": rank < n_known}
 

@@ -87,5 +87,7 @@ def test_onehot_round_trip_and_dataset():
     assert data.sample_shape == (81, 9) and data.kind == "sudoku" and is_valid(data.train).all()
     with pytest.raises(ValueError, match="max_known"):
         make_dataset("sudoku", n_train=2, n_test=1, max_known=90)
+    with pytest.raises(ValueError, match="min_known"):
+        make_dataset("sudoku", n_train=2, n_test=1, min_known=50, max_known=40)
     with pytest.raises(ValueError, match="shape"):
         is_valid(torch.zeros(9, 9, dtype=torch.long))

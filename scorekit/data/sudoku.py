@@ -88,15 +88,18 @@ def random_grids(n: int, seed: int = 0) -> Tensor:
 
 
 def sudoku_grids(n: int, generator: torch.Generator | None = None, max_known: int = 64,
-           eval_clues: tuple[int, ...] | list[int] = (30, 35, 40), unique: bool = True) -> Tensor:
+                 min_known: int = 0, eval_clues: tuple[int, ...] | list[int] = (30, 35, 40),
+                 unique: bool = True) -> Tensor:
     """n complete grids (n, 9, 9) for `make_dataset("sudoku")`, seeded by `generator`.
 
     The other options are recorded with the dataset: training boards get a uniform number of
-    givens in [0, max_known]; evaluation makes puzzles with each of `eval_clues` givens
+    givens in [min_known, max_known]; evaluation makes puzzles with each of `eval_clues` givens
     (`unique`: exactly one solution).
     """
     if not 0 <= max_known <= 80:
         raise ValueError(f"max_known must lie in [0, 80], got {max_known!r}")
+    if not 0 <= min_known <= max_known:
+        raise ValueError(f"min_known must lie in [0, max_known={max_known}], got {min_known!r}")
     if any(not 0 <= int(c) <= 81 for c in eval_clues):
         raise ValueError(f"eval_clues must lie in [0, 81], got {list(eval_clues)}")
     seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
