@@ -8,12 +8,15 @@ dx~/ds = -sigma_t * score(x, t) = eps_hat(x, t) — nearly straight trajectories
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 from torch import Tensor, nn
 
 from samplers.base import Score, time_grid
 from samplers.kernels import Steps, heun_correct, heun_predict
 from samplers.kernels.loop import Loop
+from samplers.kernels.plans import memo, plan_key
 from samplers.sde_solvers import DENOISE, _check_choice, _finish
 from scorekit.sde import EDMSDE, SDE, _per_sample
 
@@ -134,8 +137,19 @@ def heun_program(score: Score, sde: SDE, x: Tensor, *, steps: int = 18, grid: st
     if steps < 2:
         raise ValueError(f"heun needs steps >= 2 (grid points from T to eps), got {steps}")
     grid = grid or ("edm" if isinstance(sde, EDMSDE) else "uniform")
-    ts = time_grid(sde, steps - 1, grid, t_start=t_start, rho=rho)
-    return HeunLoop(score, sde, x, ts, denoise, use_triton, {"grid": grid})
+    key = plan_key("heun", sde, steps, grid, t_start, rho)
+    ts = memo(None if key is None else ("grid", key),
+              lambda: time_grid(sde, steps - 1, grid, t_start=t_start, rho=rho))
+    return HeunLoop(score, sde, x, ts, denoise, use_triton, {"grid": grid}, key=key)
+
+
+def _heun_table(sde: SDE, ts: Tensor) -> tuple:
+    alpha, sigma = sde._marginal(ts)
+    level = sigma / alpha
+    ds = level[1:] - level[:-1]
+    table = torch.stack([-sigma[:-1], ds, alpha[1:], -sigma[1:], 0.5 * ds], dim=1)
+    # Host rows stay float64: the sampler always multiplied by these Python floats.
+    return table, table.tolist(), level.tolist(), alpha.tolist(), sigma.tolist()
 
 
 class HeunLoop(Loop):
@@ -144,15 +158,12 @@ class HeunLoop(Loop):
     (-sigma_i, ds_i, alpha_{i+1}, -sigma_{i+1}, ds_i / 2), ds_i = s_{i+1} - s_i."""
 
     def __init__(self, score: Score, sde: SDE, x: Tensor, ts: Tensor, denoise: str,
-                 use_triton: bool | None, info: dict):
-        alpha, sigma = sde._marginal(ts)
-        level = sigma / alpha
-        ds = level[1:] - level[:-1]
-        table = torch.stack([-sigma[:-1], ds, alpha[1:], -sigma[1:], 0.5 * ds], dim=1)
-        # Host rows stay float64: the sampler always multiplied by these Python floats.
-        self.steps = Steps(table, ts, x, None, use_triton, host_rows=table.tolist())
+                 use_triton: bool | None, info: dict, key: Hashable | None = None):
+        """`key`: a `plan_key` naming (sde, ts), to reuse the table; None builds it."""
+        table, rows, self.level, self.alpha, self.sigma = memo(
+            None if key is None else ("heun_table", key), lambda: _heun_table(sde, ts))
+        self.steps = Steps(table, ts, x, None, use_triton, host_rows=rows, key=key)
         self.score, self.denoise, self.info = score, denoise, info
-        self.level, self.alpha, self.sigma = level.tolist(), alpha.tolist(), sigma.tolist()
         self.x = x
 
     def prologue(self) -> None:

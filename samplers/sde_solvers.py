@@ -7,7 +7,7 @@ synchronisation; each update is one fused kernel on CUDA (`samplers.kernels`), a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor
@@ -15,6 +15,7 @@ from torch import Tensor
 from samplers.base import Score, time_grid, tweedie
 from samplers.kernels import Steps, em_update, langevin_update
 from samplers.kernels.loop import Loop
+from samplers.kernels.plans import memo, plan_key
 from samplers.kernels.updates import langevin_move, langevin_step_size
 from scorekit.sde import EDMSDE, SDE, VESDE, VPSDE
 
@@ -98,9 +99,15 @@ def em_program(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000, grid: st
     if not sde.is_linear:
         raise ValueError(f"{type(sde).__name__} has a non-linear drift: its EM steps are not "
                          "a fixed affine update (no fused or captured loop)")
+    key = plan_key("em", sde, steps, grid, t_start)
+    ts, table = memo(key, lambda: _em_plan(sde, steps, grid, t_start))
+    return EMLoop(score, sde, x, ts, generator, table=table, denoise=denoise,
+                  use_triton=use_triton, info={"grid": grid}, key=key)
+
+
+def _em_plan(sde: SDE, steps: int, grid: str, t_start: float | None) -> tuple[Tensor, Tensor]:
     ts = time_grid(sde, steps, grid, t_start=t_start)
-    return EMLoop(score, sde, x, ts, generator, denoise=denoise, use_triton=use_triton,
-                  info={"grid": grid})
+    return ts, _em_coefficients(sde, ts)
 
 
 class EMLoop(Loop):
@@ -111,9 +118,10 @@ class EMLoop(Loop):
     def __init__(self, score: Score, sde: SDE, x: Tensor, ts: Tensor,
                  generator: torch.Generator | None, *, table: Tensor | None = None,
                  project: Project = None, denoise: str = "none", use_triton: bool | None = None,
-                 host_rows: list[list[float]] | None = None, info: dict | None = None):
+                 host_rows: list[list[float]] | None = None, info: dict | None = None,
+                 key: Hashable | None = None):
         table = _em_coefficients(sde, ts) if table is None else table
-        self.steps = Steps(table, ts, x, generator, use_triton, host_rows)
+        self.steps = Steps(table, ts, x, generator, use_triton, host_rows, key=key)
         self.score, self.sde, self.project, self.denoise = score, sde, project, denoise
         self.x = self.steps.own(x)
         self.mean = self.x
@@ -203,11 +211,13 @@ def pc_program(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000, grid: st
                use_triton: bool | None = None) -> PCLoop:
     """The "pc" solve as a `Loop` (run it, or capture it as a graph)."""
     check_pc_options(predictor, corrector, snr, n_corrector, snr_norm, denoise)
-    ts = time_grid(sde, steps, grid, t_start=t_start)
+    key = plan_key("pc", sde, steps, grid, t_start, predictor)
+    ts = memo(None if key is None else ("grid", key),
+              lambda: time_grid(sde, steps, grid, t_start=t_start))
     n_corr = n_corrector if corrector == "langevin" else 0
     info = {"grid": grid, "predictor": predictor, "corrector": corrector, "snr": snr}
     return PCLoop(score, sde, x, ts, predictor, n_corr, snr, snr_norm, generator,
-                  denoise=denoise, use_triton=use_triton, info=info)
+                  denoise=denoise, use_triton=use_triton, info=info, key=key)
 
 
 def check_pc_options(predictor: str, corrector: str, snr: float, n_corrector: int,
@@ -223,6 +233,17 @@ def check_pc_options(predictor: str, corrector: str, snr: float, n_corrector: in
         raise ValueError(f"snr must be > 0, got {snr}")
 
 
+def _pc_table(sde: SDE, ts: Tensor, predictor: str, dtype: torch.dtype
+              ) -> tuple[Tensor, list[list[float]]]:
+    coef_fn = _ancestral_coefficients if predictor == "ancestral" else _em_coefficients
+    coef = coef_fn(sde, ts)
+    alpha = sde._marginal(ts)[0]
+    a_corr = alpha[:-1] ** 2 / alpha[1:] ** 2
+    # Host rows as the samplers always rounded them: coefficients in x's dtype, a_i not.
+    rows = [c + [a] for c, a in zip(coef.to(dtype).tolist(), a_corr.tolist(), strict=True)]
+    return torch.cat([coef, a_corr[:, None]], 1), rows
+
+
 class PCLoop(EMLoop):
     """At each t_i of the grid ts: `n_corr` Langevin steps (capped at `max_step`), then one
     predictor step; `project` maps x after every update. Row i of the table: the predictor's
@@ -232,16 +253,14 @@ class PCLoop(EMLoop):
     def __init__(self, score: Score, sde: SDE, x: Tensor, ts: Tensor, predictor: str,
                  n_corr: int, snr: float, snr_norm: str, generator: torch.Generator | None,
                  project: Project = None, max_step: float | None = None, denoise: str = "none",
-                 use_triton: bool | None = None, info: dict | None = None):
-        coef_fn = _ancestral_coefficients if predictor == "ancestral" else _em_coefficients
-        coef = coef_fn(sde, ts)
-        alpha = sde._marginal(ts)[0]
-        a_corr = alpha[:-1] ** 2 / alpha[1:] ** 2
-        # Host rows as the samplers always rounded them: coefficients in x's dtype, a_i not.
-        rows = [c + [a] for c, a in zip(coef.to(x.dtype).tolist(), a_corr.tolist(), strict=True)]
-        table = torch.cat([coef, a_corr[:, None]], 1)
+                 use_triton: bool | None = None, info: dict | None = None,
+                 key: Hashable | None = None):
+        """`key`: a `plan_key` naming (sde, ts, predictor), to reuse the table; None builds it."""
+        table, rows = memo(None if key is None else ("pc_table", key, x.dtype),
+                           lambda: _pc_table(sde, ts, predictor, x.dtype))
         super().__init__(score, sde, x, ts, generator, table=table, project=project,
-                         denoise=denoise, use_triton=use_triton, host_rows=rows, info=info)
+                         denoise=denoise, use_triton=use_triton, host_rows=rows, info=info,
+                         key=key)
         self.n_corr, self.snr, self.snr_norm, self.max_step = n_corr, snr, snr_norm, max_step
 
     def step(self, i: int) -> None:

@@ -125,7 +125,7 @@ class SDE(ABC):
     ) -> Tensor:
         """Draw from the prior N(0, prior_std^2 I); shape (B, *D)."""
         z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-        return z * self.prior_std
+        return z if self.prior_std == 1.0 else z.mul_(self.prior_std)
 
     def prior_logp(self, z: Tensor) -> Tensor:
         """Log density of the prior per sample; z: (B, *D) -> (B,)."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Hashable
 
 import torch
 from torch import Tensor
+
+from samplers.kernels.plans import memo
 
 # Philox seeds are drawn below 2^62 so the int64 seed tensor never overflows.
 SEED_BOUND = 2**62
@@ -50,24 +53,35 @@ class Steps:
 
     def __init__(self, table: Tensor, ts: Tensor, like: Tensor,
                  generator: torch.Generator | None = None, use_triton: bool | None = None,
-                 host_rows: list[list[float]] | None = None):
+                 host_rows: list[list[float]] | None = None, key: Hashable | None = None):
         self.fused = use_fused(like, use_triton)
         self.count, self.batch, self.numel = table.shape[0], like.shape[0], like.numel()
         self.generator = generator
-        self.rows = table.to(like.dtype).tolist() if host_rows is None else host_rows
-        self.t_table = ts.to(device=like.device, dtype=like.dtype)
-        # One view per grid point, made once: indexing a tensor every step costs a dispatch.
-        self.times = self.t_table[:, None].expand(-1, self.batch).unbind(0)
+        # `key` (a `plans.plan_key` naming table, ts and host_rows) reuses the read-only data.
+        data_key = None if key is None else ("steps", key, like.dtype, like.device, self.batch,
+                                             self.fused)
+        self.rows, self.t_table, self.times, coef = memo(
+            data_key, lambda: self._data(table, ts, like, host_rows))
         self._buffers: dict[str, Tensor] = {}
         if self.fused:
             dev = like.device
-            self.coef = table.to(device=dev, dtype=compute_dtype(like.dtype)).contiguous()
+            self.coef = coef
             self.cursor = torch.zeros(2, dtype=torch.int64, device=dev)
             self.seed = torch.zeros(1, dtype=torch.int64, device=dev)
             # Cursor increments: next step (row and noise), noise only, row only.
             self._moves = torch.tensor([[1, self.numel], [0, self.numel], [1, 0]],
                                        dtype=torch.int64, device=dev)
             self.reset(generator)
+
+    def _data(self, table: Tensor, ts: Tensor, like: Tensor,
+              host_rows: list[list[float]] | None) -> tuple:
+        rows = table.to(like.dtype).tolist() if host_rows is None else host_rows
+        t_table = ts.to(device=like.device, dtype=like.dtype)
+        # One view per grid point, made once: indexing a tensor every step costs a dispatch.
+        times = t_table[:, None].expand(-1, self.batch).unbind(0)
+        coef = table.to(device=like.device, dtype=compute_dtype(like.dtype)).contiguous() \
+            if self.fused else None
+        return rows, t_table, times, coef
 
     def reset(self, generator: torch.Generator | None = None) -> None:
         """Kernel path: back to row 0 with a fresh Philox seed drawn from `generator`."""
