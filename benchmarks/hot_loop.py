@@ -13,7 +13,9 @@ graphs, CUDA) and +compile (torch.compile of the network). Reported per contende
 wall time over `reps` runs after one warm-up run (reported separately), samples/s, and the
 sampler overhead (T - NFE t_net) / T, t_net the median isolated forward at that batch.
 Contenders run interleaved (one rep of each in turn), so drifts in machine load hit all alike.
-Writes results/hot_loop_<device>[_quick].{json,md,png}.
+Networks: `exact` (the exact score -x of standard normal data, one elementwise op, so the
+time is the loop's own), `mlp_tiny` (3 x 128 on 2-D), `mlp_small` (4 x 512 on 64-d) and `unet`
+(diffusers UNet2DModel on 1 x 8 x 8). Writes results/hot_loop_<device>[_quick].{json,md,png}.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ OURS = ("scorekit", "scorekit+fused", "scorekit+graph", "scorekit+compile")
 # (net, batch, NFE) grids. CPU: the full grid would take hours on one core, so the large
 # batches run at NFE 10 only and the UNet at batch 256.
 GRIDS = {
-    "cpu": [("mlp_tiny", 256, 10), ("mlp_tiny", 256, 100), ("mlp_tiny", 256, 1000),
+    "cpu": [("exact", 256, 100), ("exact", 4096, 100), ("exact", 65536, 10),
+            ("mlp_tiny", 256, 10), ("mlp_tiny", 256, 100), ("mlp_tiny", 256, 1000),
             ("mlp_tiny", 4096, 10), ("mlp_tiny", 4096, 100), ("mlp_tiny", 65536, 10),
             ("mlp_small", 256, 10), ("mlp_small", 256, 100), ("mlp_small", 4096, 10),
             ("unet", 256, 10)],
-    "cuda": [(net, b, n) for net in ("mlp_tiny", "mlp_small") for b in (256, 4096, 65536)
+    "cuda": [(net, b, n) for net in ("exact", "mlp_tiny", "mlp_small") for b in (256, 4096, 65536)
              for n in (10, 100, 1000)] + [("unet", b, n) for b in (256, 4096) for n in (10, 100)],
     "quick": [("mlp_tiny", 64, 5), ("unet", 8, 3)],
 }
@@ -67,10 +70,20 @@ class Counted:
         return self.rows / self.batch
 
 
+class ExactScore(torch.nn.Module):
+    """The exact score -x of standard normal data under VP (any t): one elementwise op, so a
+    loop's own overhead is most of its time."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -x
+
+
 def make_net(name: str, sde: VPSDE, device: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The benchmark network and its sample shape (fixed weights)."""
     torch.manual_seed(0)
-    if name == "mlp_tiny":
+    if name == "exact":
+        net, shape = ExactScore(), (2,)
+    elif name == "mlp_tiny":
         net, shape = MLPScore(2, sde, hidden=128, depth=3), (2,)
     elif name == "mlp_small":
         net, shape = MLPScore(64, sde, hidden=512, depth=4), (64,)
@@ -272,26 +285,30 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
 
 
 def headline(rows: list[dict]) -> list[dict]:
-    """Per peer: min / median / max over the settings of peer time / scorekit time per counted
+    """Per peer and group of settings (the exact score, where the loop is the time; the
+    networks): min / median / max over the settings of peer time / scorekit time per counted
     NFE, for scorekit eager and for scorekit's fastest variant."""
     out = []
     configs = sorted({(r["net"], r["batch"], r["steps"]) for r in rows})
+    groups = (("exact score", [c for c in configs if c[0] == "exact"]),
+              ("networks", [c for c in configs if c[0] != "exact"]))
     for peer in PEERS:
-        eager, best = [], []
-        for cfg in configs:
-            rs = {r["contender"]: r for r in rows if (r["net"], r["batch"], r["steps"]) == cfg
-                  and r["status"] == "ok"}
-            if peer not in rs or "scorekit" not in rs:
-                continue
-            ours = [rs[k]["per_nfe"] for k in OURS if k in rs]
-            fastest = [min(times) for times in zip(*ours, strict=True)]
-            eager.append(rs[peer]["vs_scorekit"])
-            best.append(paired_ratio(rs[peer]["per_nfe"], fastest))
-        if eager:
-            out.append({"peer": peer, "settings": len(eager),
-                        "eager_min": min(eager), "eager_median": statistics.median(eager),
-                        "eager_max": max(eager), "best_min": min(best),
-                        "best_median": statistics.median(best), "best_max": max(best)})
+        for group, members in groups:
+            eager, best = [], []
+            for cfg in members:
+                rs = {r["contender"]: r for r in rows
+                      if (r["net"], r["batch"], r["steps"]) == cfg and r["status"] == "ok"}
+                if peer not in rs or "scorekit" not in rs:
+                    continue
+                ours = [rs[k]["per_nfe"] for k in OURS if k in rs]
+                fastest = [min(times) for times in zip(*ours, strict=True)]
+                eager.append(rs[peer]["vs_scorekit"])
+                best.append(paired_ratio(rs[peer]["per_nfe"], fastest))
+            if eager:
+                out.append({"peer": peer, "settings": group, "n": len(eager),
+                            "eager_min": min(eager), "eager_median": statistics.median(eager),
+                            "eager_max": max(eager), "best_min": min(best),
+                            "best_median": statistics.median(best), "best_max": max(best)})
     return out
 
 

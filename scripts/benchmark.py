@@ -17,6 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scorekit.interrupt import StopRequested  # noqa: E402
+
 # suite name -> "module:function" under benchmarks/; add new suites here.
 SUITES = {"sudoku": "benchmarks.sudoku:run", "fd_nfe": "benchmarks.fd_nfe:run",
           "hot_loop": "benchmarks.hot_loop:run"}
@@ -48,7 +50,11 @@ def main(argv: list[str]) -> None:
     for key in kwargs:
         if key not in valid:
             raise ValueError(f"unknown option {key!r} for suite {suite!r}; valid: {valid}")
-    fn(**kwargs)
+    try:
+        fn(**kwargs)
+    except StopRequested as stop:  # a suite that trains was stopped: it resumes on rerun
+        print(f"{stop}; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
 
 
 if __name__ == "__main__":

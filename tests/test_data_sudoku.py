@@ -13,9 +13,11 @@ from scorekit.data.sudoku import (
     is_valid,
     make_puzzle,
     make_puzzles,
+    pick_fill,
     random_grids,
     solves,
     to_onehot,
+    violations,
 )
 
 # A published valid grid.
@@ -50,6 +52,29 @@ def test_solves_requires_the_givens():
     other = augment(VALID[None].clone(), torch.Generator().manual_seed(0))
     assert solves(VALID[None], puzzle).item()
     assert is_valid(other).item() and not solves(other, puzzle).item()
+
+
+def test_violations_and_pick_fill():
+    """Unit counts: a valid grid 0; two cells of row 0 swapped inside a box break their two
+    columns (2); the cyclic Latin square breaks all 9 boxes. pick_fill keeps the fill with the
+    fewest, never one that changed a given, and marks which fills solve."""
+    swapped = VALID.clone()
+    swapped[0, 0], swapped[0, 1] = swapped[0, 1].item(), swapped[0, 0].item()
+    cyclic = torch.tensor([[(r + c) % 9 + 1 for c in range(9)] for r in range(9)])
+    assert violations(torch.stack([VALID, swapped, cyclic])).tolist() == [0, 2, 9]
+    puzzle = VALID.clone()
+    puzzle[3:] = 0   # givens: the first three rows
+    other = augment(VALID[None].clone(), torch.Generator().manual_seed(0))[0]
+    assert is_valid(other[None]).item() and not solves(other[None], puzzle[None]).item()
+    broken = VALID.clone()
+    broken[8, 7], broken[8, 8] = broken[8, 8].item(), broken[8, 7].item()   # blanks only
+    fills = torch.stack([torch.stack([other, cyclic, broken, VALID]),
+                         torch.stack([other, cyclic, broken, broken])])
+    best, solved = pick_fill(fills, torch.stack([puzzle, puzzle]))
+    assert torch.equal(best[0], VALID) and torch.equal(best[1], broken)
+    assert solved.tolist() == [[False, False, False, True], [False] * 4]
+    with pytest.raises(ValueError, match="fills"):
+        pick_fill(fills[0], puzzle[None])
 
 
 def test_generator_seeded_and_valid():

@@ -38,6 +38,13 @@ def test_tiny_model_beats_random_filling(tmp_path):
     chance = 1 / 9
     assert per["blank_cell_accuracy"] > chance + 5 * math.sqrt(chance * (1 - chance) / n_blank)
     assert (tmp_path / "run" / "metrics.json").is_file()
+    # k candidates per puzzle: k times the NFE; the k = 1 rate is measured on all k B fills.
+    puzzles = trainer.puzzles(60, 8)
+    pred, info = trainer.solve(puzzles, {"method": "jacobi", "steps": 4}, candidates=3)
+    assert pred.shape == (8, 9, 9) and info["nfe"] == 12 and info["candidates"] == 3
+    assert 0 <= info["candidate_solved"] <= 1
+    with pytest.raises(ValueError, match="candidates"):
+        trainer.solve(puzzles, candidates=0)
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["sudoku_grids", "random_grid", "random_grids", "count_solutions", "make_puzzle",
-           "make_puzzles", "is_valid", "is_latin", "solves", "augment", "to_onehot",
-           "from_onehot", "PEERS", "UNITS"]
+           "make_puzzles", "is_valid", "is_latin", "solves", "violations", "pick_fill",
+           "augment", "to_onehot", "from_onehot", "PEERS", "UNITS"]
 
 # The 27 units (rows, columns, boxes) as lists of cell indices 0..80, and each cell's 20 peers.
 UNITS = ([[9 * r + c for c in range(9)] for r in range(9)]
@@ -145,12 +145,24 @@ def make_puzzles(grids: Tensor, n_clues: int, seed: int = 0, unique: bool = Fals
                                       for g in grids]))
 
 
-def _units_ok(grids: Tensor, units: list[list[int]]) -> Tensor:
+def _unit_ok(grids: Tensor, units: list[list[int]]) -> Tensor:
+    """(B, U) bool: unit u of grid b holds the digits 1..9 once each."""
     flat = grids.reshape(grids.shape[0], 81).long()
     idx = torch.tensor(units, device=flat.device)                       # (U, 9)
     vals = flat[:, idx]                                                 # (B, U, 9)
     onehot = torch.nn.functional.one_hot(vals.clamp(0, 9), 10)[..., 1:]  # 0 counts as missing
-    return (onehot.sum(-2) == 1).all(-1).all(-1)
+    return (onehot.sum(-2) == 1).all(-1)
+
+
+def _units_ok(grids: Tensor, units: list[list[int]]) -> Tensor:
+    return _unit_ok(grids, units).all(-1)
+
+
+def violations(grids: Tensor) -> Tensor:
+    """Number of the 27 units (rows, columns, boxes) that do not hold 1..9 once each;
+    (B, 9, 9) -> (B,) int64 (0 exactly for a valid grid)."""
+    _check_grids(grids)
+    return (~_unit_ok(grids, UNITS)).sum(-1)
 
 
 def is_valid(grids: Tensor) -> Tensor:
@@ -172,6 +184,21 @@ def solves(grids: Tensor, puzzles: Tensor) -> Tensor:
         raise ValueError(f"grids {tuple(grids.shape)} and puzzles {tuple(puzzles.shape)} differ")
     given = puzzles > 0
     return is_valid(grids) & ((grids == puzzles) | ~given).flatten(1).all(1)
+
+
+def pick_fill(fills: Tensor, puzzles: Tensor) -> tuple[Tensor, Tensor]:
+    """Per puzzle, the candidate fill violating the fewest units (the first among ties; one
+    that changed a given ranks below all others): fills (B, k, 9, 9), puzzles (B, 9, 9) ->
+    (best (B, 9, 9), solved (B, k) bool). Needs no solution: only the puzzle's rules."""
+    _check_grids(puzzles)
+    if fills.dim() != 4 or fills.shape[0] != puzzles.shape[0] or fills.shape[2:] != (9, 9):
+        raise ValueError(f"fills must have shape (B={puzzles.shape[0]}, k, 9, 9), got "
+                         f"{tuple(fills.shape)}")
+    posed = puzzles[:, None].expand_as(fills)
+    changed = ((fills != posed) & (posed > 0)).flatten(2).any(2)
+    bad = violations(fills.flatten(0, 1)).view_as(changed)
+    best = (bad + len(UNITS) * changed).argmin(1)
+    return fills[torch.arange(fills.shape[0]), best], (bad == 0) & ~changed
 
 
 def _check_grids(grids: Tensor) -> None:
