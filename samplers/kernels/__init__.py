@@ -1,8 +1,8 @@
 """Fused elementwise updates of the fixed-step solvers, one function per update.
 
 Each function runs either as a Triton kernel (one pass over the state, noise drawn in-kernel
-from Philox) or as the PyTorch ops the samplers have always used (same rounding, same RNG
-stream). The choice is automatic: CUDA tensors with triton importable take the kernel, CPU
+from Philox) or as in-place PyTorch ops (the same RNG stream as the samplers have always
+drawn). The choice is automatic: CUDA tensors with triton importable take the kernel, CPU
 tensors (or `use_triton=False`) the PyTorch path. triton is imported only on the kernel path,
 so `import samplers` never loads it.
 
