@@ -7,6 +7,11 @@ rerunning continues a killed run until the budget is spent; a finished run is re
 solves unique-solution puzzles made from held-out grids. A puzzle counts as solved when every
 row, column and 3x3 box is valid and the givens are kept; the rows-and-columns-only fraction (a
 checker that ignores boxes) is reported next to it. Writes results/sudoku[_quick].{json,md,png}.
+
+By default the learning rate is constant (the budget decides where training stops). The
+committed table trained `experiment=sudoku`'s cosine schedule to its end instead:
+    python scripts/benchmark.py suite=sudoku budget_min=105 \
+        "overrides=trainer.lr_schedule=cosine trainer.steps=11000"
 """
 
 from __future__ import annotations
@@ -107,7 +112,27 @@ def _markdown(p: dict[str, Any]) -> str:
     cols = ["clues", "steps", "time_dilation", "time_dilation_start", "candidates", "nfe",
             "solved_fraction", "single_fill_solved", "rows_cols_only_fraction",
             "blank_cell_accuracy", "sample_s"]
-    return head + markdown_table(p["rows"], cols) + "\n"
+    return head + markdown_table(p["rows"], cols) + "\n" + _pooled(p["rows"])
+
+
+def _pooled(rows: list[dict[str, Any]], min_clues: int = 30) -> str:
+    """Solved fraction over all puzzles with >= min_clues clues, per sampler setting run at
+    every such clue count (equal puzzles per count)."""
+    counts = sorted({r["clues"] for r in rows if r["clues"] >= min_clues})
+    settings: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r["clues"] >= min_clues:
+            key = (r["steps"], r["time_dilation"], r["time_dilation_start"],
+                   r.get("candidates", 1), r["nfe"])
+            settings.setdefault(key, {})[r["clues"]] = r["solved_fraction"]
+    lines = [f"- {s} steps x dilation {d}{'' if t is None else f' below t={t}'}"
+             f"{'' if k == 1 else f', {k} candidates'} ({nfe:g} NFE): "
+             f"{sum(by.values()) / len(by):.4f}"
+             for (s, d, t, k, nfe), by in settings.items() if sorted(by) == counts]
+    if not counts or not lines:
+        return ""
+    return (f"\nSolved, pooled over the puzzles with {min_clues}+ clues "
+            f"({', '.join(map(str, counts))}):\n" + "\n".join(lines) + "\n")
 
 
 def _plot(rows: list[dict[str, Any]], main: dict[str, Any], path: Path) -> None:
@@ -123,25 +148,41 @@ def _plot(rows: list[dict[str, Any]], main: dict[str, Any], path: Path) -> None:
               label="solved (rows, cols, boxes)")
     left.plot([r["clues"] for r in mains], [r["rows_cols_only_fraction"] for r in mains], "s--",
               label="rows + cols only")
+    others: dict[tuple, list] = {}
+    for r in rows:
+        if r not in mains and r["time_dilation_start"] is None:
+            key = (r["steps"], r["time_dilation"], r.get("candidates", 1))
+            others.setdefault(key, []).append((r["clues"], r["solved_fraction"]))
+    for (steps, dil, k), pts in sorted(others.items()):
+        left.plot(*zip(*sorted(pts), strict=True), "^:" if k == 1 else "*:",
+                  label=f"{steps} x {dil}" + ("" if k == 1 else f", {k} candidates"))
     left.set(xlabel="clues", ylabel="fraction of puzzles", ylim=(0, 1.02),
              title=f"{main['steps']} steps x dilation {main.get('time_dilation', 1)}")
     left.legend(fontsize=8)
-    for n_clues in sorted({r["clues"] for r in rows}):
+    for idx, n_clues in enumerate(sorted({r["clues"] for r in rows})):
+        color = f"C{idx}"
         single = [r for r in rows if r["clues"] == n_clues and r.get("candidates", 1) == 1]
         plain = sorted((r["nfe"], r["solved_fraction"]) for r in single
                        if r["time_dilation"] == 1)
         dilated = sorted((r["nfe"], r["solved_fraction"]) for r in single
                          if r["steps"] == main["steps"] and r["time_dilation_start"] is None)
         if len(plain) > 1:
-            right.plot(*zip(*plain, strict=True), "o-", label=f"{n_clues} clues, plain steps")
+            right.plot(*zip(*plain, strict=True), "o-", color=color,
+                       label=f"{n_clues} clues, plain steps")
+        picked = sorted((r["nfe"], r["solved_fraction"]) for r in rows
+                        if r["clues"] == n_clues and r.get("candidates", 1) > 1)
+        if picked:
+            right.plot(*zip(*picked, strict=True), "*", ms=10, color=color,
+                       label=f"{n_clues} clues, candidate fills")
         if len(dilated) > 1:
-            right.plot(*zip(*dilated, strict=True), "^--",
+            right.plot(*zip(*dilated, strict=True), "^--", color=color,
                        label=f"{n_clues} clues, {main['steps']} steps x dilation")
     right.set(xscale="log", xlabel="NFE per puzzle", ylabel="solved fraction",
               ylim=(0, 1.02), title="steps vs time dilation at equal NFE")
     right.xaxis.set_major_formatter(ScalarFormatter())
     right.xaxis.set_minor_formatter(NullFormatter())
-    right.legend(fontsize=7)
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

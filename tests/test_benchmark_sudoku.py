@@ -18,5 +18,8 @@ def test_report_table_and_plot(tmp_path):
     md = _markdown(payload)
     assert "| candidates | nfe | solved_fraction | single_fill_solved |" in md
     assert md.count("\n| 30 |") == 3 and "| 4 | 1600 |" in md
+    # Pooled over 30+ clues: only settings run at every such count (dilation 8 at 30 and 40).
+    pooled = md[md.index("pooled"):]
+    assert "dilation 8 (400 NFE): 0.7000" in pooled and "dilation 32" not in pooled
     _plot(rows, MAIN, tmp_path / "sudoku.png")
     assert (tmp_path / "sudoku.png").stat().st_size > 0
