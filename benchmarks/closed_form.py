@@ -42,7 +42,7 @@ LAM = 0.5  # noise level sigma/alpha of the timed calls (unit-variance data: the
 # per-call B x N term.
 _PROBE = """
 import json, resource, sys, time, torch
-from scorekit.empirical import EmpiricalScore
+from scorekit.scores.empirical import EmpiricalScore
 from scorekit.sde import VESDE
 impl, n, b, d, lam, chunk, reps, device = sys.argv[1:9]
 n, b, d, lam, chunk, reps = int(n), int(b), int(d), float(lam), int(chunk), int(reps)
@@ -127,8 +127,8 @@ def scaling(sizes: list[int], b: int, d: int, device: str, naive_max_gb: float,
 def quality(factors: list[float], n_samples: int, steps: int, n_smooth: int) -> dict:
     import samplers
     from scorekit.data import make_dataset
-    from scorekit.empirical import EmpiricalScore
     from scorekit.metrics import frechet_distance
+    from scorekit.scores.empirical import EmpiricalScore
     from scorekit.sde import VPSDE
 
     data = make_dataset("digits", seed=0)

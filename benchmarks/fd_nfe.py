@@ -80,7 +80,7 @@ class _RowCache:
     """Finished rows keyed by everything that determines them; rewritten atomically per row."""
 
     def __init__(self, path: Path, identity: dict[str, Any]):
-        from scorekit.checkpoint import write_text_atomic
+        from scorekit.io import write_text_atomic
 
         self.path, self.identity, self._write = path, identity, write_text_atomic
         self.rows: dict[str, dict] = {}
@@ -187,9 +187,9 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
         quick: bool = False, name: str | None = None, wandb: str = "disabled",
         device: str = "cpu", out_dir: str | None = None) -> dict:
     """Benchmark the trained run at `ckpt`; returns the payload written to results/<name>.json."""
-    from scorekit.features import FeatureExtractor
-    from scorekit.loggers import WandbLogger
+    from scorekit.evaluation.features import FeatureExtractor
     from scorekit.train import Trainer
+    from scorekit.training.loggers import WandbLogger
 
     methods = list(methods or DEFAULT_METHODS)
     if unknown := sorted(set(methods) - set(nq.METHODS)):

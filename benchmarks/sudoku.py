@@ -36,7 +36,7 @@ SWEEP_CLUES = [30, 35]
 def _trainer(run_dir: Path, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from scorekit.train_sudoku import SudokuTrainer
+    from scorekit.training.sudoku import SudokuTrainer
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", ["experiment=sudoku", "trainer.resume=true", "logger=disabled",

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from scorekit.sde import _per_sample
+from scorekit.processes import per_sample
 
 
 class Draw(NamedTuple):
@@ -54,7 +54,7 @@ class BrownianStack:
         has_cut = cut.any(1)
         used_phys = torch.zeros_like(used).scatter_(1, order, used & (L > 0)).to(xi.dtype)
         W = self.W[rows]
-        w_used = (W * _per_sample(used_phys, W)).sum(1)
+        w_used = (W * per_sample(used_phys, W)).sum(1)
         w_cut = W[torch.arange(len(rows), device=W.device),
                   torch.gather(order, 1, cut.long().argmax(1, keepdim=True))[:, 0]]
         l_cut = (L * cut).sum(1)
@@ -63,8 +63,8 @@ class BrownianStack:
         # Bridge: W(p) | W(l) ~ N(p/l W(l), p (l - p)/l); past the stack's end, fresh noise.
         frac = torch.where(has_cut, p / safe, torch.zeros_like(p))
         var = torch.where(has_cut, p * (l_cut - p) / safe, h - (L * used).sum(1)).clamp_min(0)
-        part = (_per_sample(frac.to(xi.dtype), xi) * w_cut
-                + _per_sample(var.sqrt().to(xi.dtype), xi) * xi)
+        part = (per_sample(frac.to(xi.dtype), xi) * w_cut
+                + per_sample(var.sqrt().to(xi.dtype), xi) * xi)
         return Draw(w_used + part, used.sum(1), has_cut, (l_cut - p).clamp_min(0), w_cut - part)
 
     def commit(self, rows: Tensor, accepted: Tensor, h: Tensor, d: Draw) -> None:
@@ -79,7 +79,7 @@ class BrownianStack:
 
         def put(slot: Tensor, mask: Tensor, length: Tensor, w: Tensor) -> None:
             L[ar, slot] = torch.where(mask, length, L[ar, slot])
-            W[rows, slot] = torch.where(_per_sample(mask, w), w, W[rows, slot])
+            W[rows, slot] = torch.where(per_sample(mask, w), w, W[rows, slot])
 
         # The straddling slot becomes the new front, holding its unused remainder.
         put(head, d.has_cut, d.rest_len, d.rest_w)

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from samplers.base import Score
-from scorekit.sde import EDMSDE, SDE
+from samplers.grids import time_grid
+from samplers.loop import EAGER, Loop
+from scorekit.processes import EDMSDE, SDE, Process, Score
+from scorekit.processes.predictions import eps_from_score
 
 SCHEDULERS = {
     "dpm_solver": ("DPMSolverMultistepScheduler",
@@ -41,23 +43,19 @@ def _alpha_bar_table(sde: SDE, n_train: int, table: str | None = None,
     """(t_n, alpha_bar_n), float64, n = 0..n_train-1, increasing in t.
 
     "uniform" spaces t_n uniformly on [eps, t_max] (t_max defaults to T); "logsnr" spaces the noise
-    level geometrically (the default for EDM, whose t is sigma itself). Levels below MIN_LEVEL are
-    floored and their t moved to match, so the table stays exact where the scheduler reads it.
+    level geometrically (the default for EDM, whose t is sigma itself); both by `time_grid`.
+    Levels below MIN_LEVEL are floored and their t moved to match, so the table stays exact
+    where the scheduler reads it.
     """
     table = table or ("logsnr" if isinstance(sde, EDMSDE) else "uniform")
     if table not in ("uniform", "logsnr"):
         raise ValueError(f"table must be 'uniform' or 'logsnr', got {table!r}")
-    t_max = float(sde.T if t_max is None else t_max)
-    if table == "uniform":
-        t = torch.linspace(sde.eps, t_max, n_train, dtype=torch.float64)
-    else:
-        ends = sde.noise_level(torch.tensor([sde.eps, t_max], dtype=torch.float64)).log()
-        t = sde.t_of_noise_level(torch.exp(torch.linspace(float(ends[0]), float(ends[1]),
-                                                          n_train, dtype=torch.float64)))
-    level = sde.noise_level(t)
+    process = Process(sde)
+    t = time_grid(process, n_train - 1, table, t_start=t_max).flip(0)
+    level = process.noise_level(t)
     low = level < MIN_LEVEL
     if bool(low.any()):
-        t_floor = sde.t_of_noise_level(torch.tensor([MIN_LEVEL], dtype=torch.float64))
+        t_floor = process.t_of_noise_level(torch.tensor([MIN_LEVEL], dtype=torch.float64))
         t = torch.where(low, t_floor, t)
         level = level.clamp_min(MIN_LEVEL)
     return t, 1.0 / (1.0 + level**2)
@@ -97,14 +95,14 @@ def diffusers_sampler(kind: str):
 
     def run(score: Score, sde: SDE, x: Tensor, *, steps: int = 20,
             table: str | None = None, scheduler_kwargs: dict | None = None,
-            t_start: float | None = None, generator: torch.Generator | None = None
-            ) -> tuple[Tensor, dict]:
+            t_start: float | None = None, generator: torch.Generator | None = None,
+            loop: Loop = EAGER) -> tuple[Tensor, dict]:
         # A later start (teleport) rebuilds the table on [eps, t_start], so the scheduler's
         # first timestep is t_start and its steps cover only the remaining range.
         sched = make_scheduler(kind, sde, table=table, t_max=t_start, **(scheduler_kwargs or {}))
         sched.set_timesteps(steps)  # resets multistep history: a fresh solve every call
         t_table, _ = _alpha_bar_table(sde, sched.config.num_train_timesteps, table, t_start)
-        alpha, sigma = sde._marginal(t_table)
+        alpha, sigma = Process(sde).marginal(t_table)
         norm = torch.sqrt(alpha**2 + sigma**2)  # x = norm * x_vp
         b = x.shape[0]
         # Scheduler state: VP form for DPM/UniPC, x / alpha (= x_vp sqrt(1 + s^2)) for the
@@ -112,13 +110,16 @@ def diffusers_sampler(kind: str):
         # sets that to s_max, not sqrt(1 + s_max^2) (equal only while s_max >> 1, i.e. from T).
         first = int(sched.timesteps[0])
         state = x / float(alpha[first]) if kind in SIGMA_STATE else x / float(norm[first])
-        for n in sched.timesteps:
+        for k, n in enumerate(sched.timesteps):
             i = int(round(float(n)))
             inp = sched.scale_model_input(state, n)  # x_vp at timestep n
             t = torch.full((b,), float(t_table[i]), dtype=x.dtype, device=x.device)
             xs = inp * float(norm[i])
-            eps_hat = -float(sigma[i]) * score(xs, t)
-            state = sched.step(eps_hat, n, state).prev_sample
+            s = score(xs, t)
+            loop.report(k, t, xs, s, Process(sde))
+            state = sched.step(eps_from_score(s, float(sigma[i])), n, state).prev_sample
+            loop.advance((k + 1) / len(sched.timesteps))
+        loop.close()
         # With final sigma zero the last state is the x0 estimate (same in every coordinate).
         return state.to(x.dtype), {"scheduler": type(sched).__name__,
                                    "timesteps": [int(round(float(n))) for n in sched.timesteps]}

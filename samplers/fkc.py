@@ -27,18 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from samplers.base import (
-    CountingScore,
-    FiniteGuard,
-    SampleResult,
-    Score,
-    check_device_dtype,
-    check_shape,
-    time_grid,
-)
-from samplers.sde_solvers import langevin_step_size
+from samplers.grids import time_grid
+from samplers.inputs import check_device_dtype, check_shape
+from samplers.loop import EAGER, Loop, StopSampling
+from samplers.result import CountingScore, FiniteGuard, SampleResult
+from samplers.steps import langevin_step_size, reverse_drift
 from scorekit._validate import check_positive_int
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import SDE, Process, Score, per_sample
 
 MODES = ("anneal", "product", "cfg")
 RESAMPLERS = ("systematic", "multinomial", "stratified")
@@ -48,7 +43,8 @@ _N_SCORES = {"anneal": 1, "product": 2, "cfg": 2}
 @dataclass
 class FKCResult(SampleResult):
     """`SampleResult` plus normalised float64 log-weights (n,) of the final particles
-    (log-softmax within each group; all -log N after a final resample)."""
+    (log-softmax within each group; all -log N after a final resample; None when a callback
+    stopped sampling early)."""
 
     log_weights: Tensor | None = None
 
@@ -111,7 +107,7 @@ def mala_move(scores: Sequence[Score], a: tuple[float, ...], x: Tensor, s: list[
     s_pi = _combined(s, a)
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     step = langevin_step_size(s_pi, z, snr, "batch_mean", groups)
-    x_new = x + _per_sample(step, x) * s_pi + _per_sample(torch.sqrt(2 * step), x) * z
+    x_new = x + per_sample(step, x) * s_pi + per_sample(torch.sqrt(2 * step), x) * z
     s_new = [score(x_new, t) for score in scores]
     s_pi_new = _combined(s_new, a)
     dx = (x_new - x).flatten(1).double()
@@ -120,7 +116,7 @@ def mala_move(scores: Sequence[Score], a: tuple[float, ...], x: Tensor, s: list[
     log_q = -back / (4 * step.double()) + 0.5 * z.flatten(1).double().pow(2).sum(1)
     u = torch.rand(x.shape[0], generator=generator, dtype=torch.float64, device=x.device)
     accept = torch.log(u) < log_pi + log_q
-    keep = _per_sample(accept, x)
+    keep = per_sample(accept, x)
     return torch.where(keep, x_new, x), [torch.where(keep, vn, v) for v, vn in
                                           zip(s, s_new, strict=True)], accept
 
@@ -137,7 +133,7 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
              ts: Tensor, groups: int, resample: str, ess_threshold: float,
              final_resample: bool, max_log_increment: float | None, weight_until: float | None,
              generator: torch.Generator | None, n_corrector: int = 0, snr: float = 0.16,
-             log_zt: float = 0.0) -> tuple[Tensor, Tensor, dict]:
+             log_zt: float = 0.0, loop: Loop = EAGER) -> tuple[Tensor, Tensor, dict]:
     """Weighted-particle EM from x ~ pi at ts[0] to ts[-1]; x: (B, *D), B = groups * N; after
     each step (and any resampling) `n_corrector` MALA moves that leave pi_t invariant.
 
@@ -147,10 +143,12 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
     b = x.shape[0]
     n = b // groups
     d = x[0].numel()
+    process = Process(sde)
     h = (ts[:-1] - ts[1:]).tolist()
-    g2 = (sde._diffusion(ts[:-1]) ** 2).tolist()
-    f_rate = sde._drift_rate(ts[:-1]).tolist()
+    g2 = (process.diffusion(ts[:-1]) ** 2).tolist()
+    f_rate = process.drift_rate(ts[:-1]).tolist()
     t_vec = ts.to(device=x.device, dtype=x.dtype)
+    t64 = ts.to(device=x.device)  # the step's coefficients in float64, as the weights use
     dev = x.device
     logw = torch.zeros(groups, n, dtype=torch.float64, device=dev)
     log_z = torch.full((groups,), log_zt, dtype=torch.float64, device=dev)
@@ -166,6 +164,7 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
         if s is None:
             s = [score(x, t) for score in scores]
         s_pi = _combined(s, a)
+        loop.report(i, t, x, s_pi, process)
         if weight_until is None or float(ts[i]) >= weight_until:
             inc = h[i] * _potential(mode, s, g2[i], a)
             if max_log_increment is not None:
@@ -174,7 +173,8 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
             # div f = f_t d is the same for every particle: it only moves the normaliser.
             log_z = log_z + h[i] * (sum(a) - 1) * f_rate[i] * d
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev)
-        x = x + h[i] * (g2[i] * s_pi - f_rate[i] * x) + (g2[i] * h[i]) ** 0.5 * z
+        x = x + h[i] * reverse_drift(process, x, t64[i].expand(b), s_pi) \
+            + (g2[i] * h[i]) ** 0.5 * z
         s = None
         e = ess(logw)
         ess_trace.append(e)
@@ -198,6 +198,8 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
             for _ in range(n_corrector):
                 x, s, acc = mala_move(scores, a, x, s, t1, snr, groups, generator)
                 accepted = accepted + acc.sum()
+        loop.advance((i + 1) / steps)
+    loop.close()
     lse = torch.logsumexp(logw, dim=1)
     log_z = log_z + lse - lo_norm
     logw = logw - lse[:, None]
@@ -256,7 +258,8 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
                final_resample: bool = False, grid: str = "uniform", n_corrector: int = 1,
                snr: float = 0.16, max_log_increment: float | None = None,
                weight_until: float | None = None, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32, check_finite: bool = True) -> FKCResult:
+               dtype: torch.dtype = torch.float32, check_finite: bool = True,
+               callback=None, progress: bool = False) -> FKCResult:
     """SMC over `shape[0]` weighted particles (n, *D) targeting, at eps, `q^beta` ("anneal", one
     score), `q1 q2` ("product") or `q_u^(1-w) q_c^w` ("cfg", scores (s_u, s_c), w = guidance),
     each normalised, of the models' eps-marginals.
@@ -271,7 +274,8 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
     is the moves' acceptance. Stabilisers, off by default and flagged by `info["biased"]`:
     `max_log_increment` clamps each step's log-weight increment (biases toward the proposal);
     `weight_until=t_w` stops weighting below t_w (the target becomes the one at t_w pushed
-    through the uncorrected dynamics). `check_finite` as in `samplers.sample`.
+    through the uncorrected dynamics). `check_finite`, `callback` and `progress` as in
+    `samplers.sample` (the callback's x0_hat is the posterior mean under the combined score).
     """
     scores = [scores] if callable(scores) else list(scores)
     shape = check_shape(shape)
@@ -291,11 +295,15 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
     guard = FiniteGuard() if check_finite else None
     counters = [CountingScore(s, shape[0], device=x.device, guard=guard) for s in scores]
     start = time.perf_counter()
-    with torch.no_grad():
-        x, logw, info = fkc_loop(counters, mode, a, sde, x, time_grid(sde, steps, grid), groups,
-                                 resample, float(ess_threshold), final_resample,
-                                 max_log_increment, weight_until, generator, n_corrector,
-                                 float(snr), log_z_prior(sde, a, x[0].numel()))
+    try:
+        with torch.no_grad():
+            x, logw, info = fkc_loop(counters, mode, a, sde, x, time_grid(sde, steps, grid),
+                                     groups, resample, float(ess_threshold), final_resample,
+                                     max_log_increment, weight_until, generator, n_corrector,
+                                     float(snr), log_z_prior(sde, a, x[0].numel()),
+                                     Loop(callback, progress, "fkc"))
+    except StopSampling as stop:  # the callback asked to stop: that step's estimates, no weights
+        x, logw, info = stop.x0, None, {"stopped_at_step": stop.step}
     if guard is not None:
         guard.final(x, max(c.calls for c in counters))
     if x.is_cuda:
@@ -308,8 +316,8 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
 def fkc_anneal(score: Score, sde: SDE, x: Tensor, *, steps: int = 500, beta: float = 2.0,
                mode: str = "anneal", grid: str = "uniform", resample: str = "systematic",
                ess_threshold: float = 0.5, final_resample: bool = True, n_corrector: int = 1,
-               snr: float = 0.16, generator: torch.Generator | None = None
-               ) -> tuple[Tensor, dict]:
+               snr: float = 0.16, generator: torch.Generator | None = None,
+               loop: Loop = EAGER) -> tuple[Tensor, dict]:
     """`samplers.sample(method="fkc")`: the anneal mode (p^beta) of one score, resampled to equal
     weights at the end. x: prior draws (n, *D), tempered here to pi_T. Product and CFG need
     several models: call `fkc_sample` directly."""
@@ -321,6 +329,6 @@ def fkc_anneal(score: Score, sde: SDE, x: Tensor, *, steps: int = 500, beta: flo
     x, logw, info = fkc_loop([score], mode, a, sde, x / sum(a) ** 0.5,
                              time_grid(sde, steps, grid), 1, resample, float(ess_threshold),
                              final_resample, None, None, generator, n_corrector, float(snr),
-                             log_z_prior(sde, a, x[0].numel()))
+                             log_z_prior(sde, a, x[0].numel()), loop)
     return x, {**info, "log_weights": logw, "beta": a[0], "grid": grid}
 

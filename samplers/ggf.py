@@ -16,15 +16,16 @@ import math
 import torch
 from torch import Tensor
 
-from samplers.base import CountingScore, Score
 from samplers.brownian import BrownianStack
 from samplers.kernels import ggf_error
-from samplers.sde_solvers import _check_choice, _finish
-from scorekit.sde import SDE, VESDE, _per_sample
+from samplers.loop import EAGER, Loop
+from samplers.result import CountingScore
+from samplers.steps import check_choice, finish, reverse_drift
+from scorekit.processes import SDE, VESDE, Process, Score, per_sample
+from scorekit.processes.predictions import x0_from_score
 
 NORMS = ("rms", "l2", "linf")
 BROWNIAN = ("fresh", "bridge")
-DENOISE = ("tweedie", "none")
 
 
 def default_tolerances(sde: SDE) -> tuple[float, float]:
@@ -40,11 +41,14 @@ def _evaluate(score: Score, x: Tensor, t: Tensor, rows: Tensor) -> Tensor:
     return score(x, t)
 
 
-def _drift(score: Score, sde: SDE, x: Tensor, t: Tensor, rows: Tensor, w: float) -> Tensor:
-    """Reverse-time drift w g(t)^2 s(x, t) - f_t x (w = 1: SDE, w = 1/2: PF-ODE); t: (b,) f64."""
-    g2 = (w * sde._diffusion(t) ** 2).to(x.dtype)
+def _drift(score: Score, process: Process, x: Tensor, t: Tensor, rows: Tensor, w: float,
+           scores: list | None = None) -> Tensor:
+    """Reverse-time drift w g(t)^2 s(x, t) - f_t x (w = 1: SDE, w = 1/2: PF-ODE); t: (b,) f64.
+    The score is appended to `scores` when given."""
     s = _evaluate(score, x, t.to(x.dtype), rows)
-    return _per_sample(g2, x) * s - _per_sample(sde._drift_rate(t).to(x.dtype), x) * x
+    if scores is not None:
+        scores.append(s)
+    return reverse_drift(process, x, t, s, w)
 
 
 def error_norm(e: Tensor, norm: str) -> Tensor:
@@ -60,24 +64,25 @@ def error_norm(e: Tensor, norm: str) -> Tensor:
 def attempt(score: Score, sde: SDE, x: Tensor, x_prev: Tensor, t: Tensor, h: Tensor,
             z: Tensor | None, rows: Tensor, *, abs_tol: float, rel_tol: float,
             norm: str = "rms", use_prev: bool = True, stochastic_heun: bool = True,
-            ode: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+            ode: bool = False, scores: list | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One attempted step t -> t - h for a batch of samples: returns (x'', x', E).
 
     x, x_prev, z: (b, *D); t, h: (b,) float64; z is None for the PF-ODE (ode=True).
     stochastic_heun=False takes the second stage's noise at g(t) too ("Lamba": E from the
-    drift only).
+    drift only). The first stage's score is appended to `scores` when given.
     """
-    hx = _per_sample(h.to(x.dtype), x)
+    process = Process(sde)
+    hx = per_sample(h.to(x.dtype), x)
     w = 0.5 if ode else 1.0
-    k1 = hx * _drift(score, sde, x, t, rows, w)
+    k1 = hx * _drift(score, process, x, t, rows, w, scores)
     k2_noise = 0.0
     if not ode:
         sqrt_h = h.sqrt()
-        k1 = k1 + _per_sample((sde._diffusion(t) * sqrt_h).to(x.dtype), x) * z
-        g2 = sde._diffusion(t - h if stochastic_heun else t)
-        k2_noise = _per_sample((g2 * sqrt_h).to(x.dtype), x) * z
+        k1 = k1 + per_sample((process.diffusion(t) * sqrt_h).to(x.dtype), x) * z
+        g2 = process.diffusion(t - h if stochastic_heun else t)
+        k2_noise = per_sample((g2 * sqrt_h).to(x.dtype), x) * z
     x_em = x + k1
-    k2 = hx * _drift(score, sde, x_em, t - h, rows, w) + k2_noise
+    k2 = hx * _drift(score, process, x_em, t - h, rows, w) + k2_noise
     x_heun = x + 0.5 * (k1 + k2)
     if norm == "rms":  # one fused pass on CUDA (samplers.kernels), the same ops on CPU
         return x_heun, x_em, ggf_error(x_heun, x_em, x_prev, abs_tol, rel_tol, use_prev)
@@ -99,9 +104,9 @@ def _validate(abs_tol: float, rel_tol: float, safety: float, exponent: float, h_
     if steps is not None:
         raise ValueError(f"steps={steps} does not apply to the adaptive sampler 'ggf'; "
                          f"set abs_tol / rel_tol instead")
-    _check_choice(norm, NORMS, "norm")
-    _check_choice(denoise, DENOISE, "denoise")
-    _check_choice(brownian, BROWNIAN, "brownian")
+    check_choice(norm, NORMS, "norm")
+    check_choice(denoise, ("tweedie", "none"), "denoise")
+    check_choice(brownian, BROWNIAN, "brownian")
     if ode and brownian == "bridge":
         raise ValueError("brownian='bridge' needs noise; the PF-ODE (ode=True) has none")
 
@@ -131,7 +136,8 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
                   stochastic_heun: bool = True, ode: bool = False, brownian: str = "fresh",
                   bridge_depth: int = 8, max_iters: int = 10_000, denoise: str = "tweedie",
                   steps: int | None = None, t_start: float | None = None,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+                  generator: torch.Generator | None = None, loop: Loop = EAGER
+                  ) -> tuple[Tensor, dict]:
     """Adaptive reverse-SDE sampling from x at t_start (default T) to eps with per-sample step
     sizes; x: (B, *D).
 
@@ -147,8 +153,10 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
     _validate(abs_tol, rel_tol, safety, exponent, h_init, h_min, max_factor, max_iters, norm,
               denoise, steps, brownian, bridge_depth, ode)
     b, dev = x.shape[0], x.device
+    process = Process(sde)
     x = x.clone()
     x_prev = x.clone()
+    x0 = torch.zeros_like(x) if loop.active else None  # every sample's latest E[x0 | x_t]
     t0 = float(sde.T if t_start is None else t_start)
     t = torch.full((b,), t0, dtype=torch.float64, device=dev)
     h = torch.full((b,), min(h_init, t0 - sde.eps), dtype=torch.float64, device=dev)
@@ -179,11 +187,17 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
         xa, ta, ha = x[rows], t[rows], h[rows]
         if stack is not None:
             drawn = stack.draw(rows, ha, z)
-            z = drawn.dw / _per_sample(ha.sqrt().to(x.dtype), z)
-        x_heun, x_em, err = attempt(score, sde, xa, x_prev[rows], ta, ha, z, rows, **opts)
+            z = drawn.dw / per_sample(ha.sqrt().to(x.dtype), z)
+        first: list | None = [] if loop.active else None
+        x_heun, x_em, err = attempt(score, sde, xa, x_prev[rows], ta, ha, z, rows, **opts,
+                                    scores=first)
+        if first:
+            alpha, sigma = process.marginal(ta.to(x.dtype))
+            x0.index_copy_(0, rows, x0_from_score(xa, first[0], alpha, sigma))
+            loop.report(it, t.to(x.dtype), x, x0=x0)
         tiny = ha < h_min
         acc = (err <= 1) | tiny
-        acc_x = _per_sample(acc, xa)
+        acc_x = per_sample(acc, xa)
         x.index_copy_(0, rows, torch.where(acc_x, x_heun if extrapolation else x_em, xa))
         x_prev.index_copy_(0, rows, torch.where(acc_x, x_em, x_prev[rows]))
         t_new = torch.where(acc, ta - ha, ta)
@@ -195,6 +209,9 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
         if stack is not None:
             stack.commit(rows, acc, ha, drawn)
         bad.index_fill_(0, rows[~torch.isfinite(err)], True)
+        if loop.progress:  # the slowest sample's share of [eps, t0] done
+            loop.advance(1 - float(t.max() - sde.eps) / (t0 - sde.eps))
+    loop.close()
     if bad.any():
         raise FloatingPointError(f"ggf: non-finite step error for {int(bad.sum())} of {b} "
                                  f"samples (score returned NaN/inf?)")
@@ -205,4 +222,5 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
             "batch_iters": it, "forced_accepts": int(forced.sum()), "brownian": brownian}
     if stack is not None:
         info["bridge_merges"] = int(stack.merges)
-    return _finish(score, sde, x, x, denoise), info
+    return finish(score, process, x, x, denoise), info
+

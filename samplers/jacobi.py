@@ -11,8 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from samplers.base import Score
-from scorekit.dirichlet import JacobiDiffusion, gx_to_gv, stick_breaking, stick_breaking_inverse
+from samplers.grids import time_grid
+from samplers.loop import EAGER, Loop
+from scorekit.processes import Score
+from scorekit.processes.dirichlet import (
+    JacobiDiffusion,
+    gx_to_gv,
+    stick_breaking,
+    stick_breaking_inverse,
+)
 
 CLIP = {torch.float32: 1e-6, torch.float64: 1e-12}
 
@@ -21,22 +28,22 @@ def jacobi_time_grid(process: JacobiDiffusion, steps: int, time_dilation: float 
                      time_dilation_start: float | None = None) -> tuple[Tensor, Tensor]:
     """Score times tau_i (decreasing, T -> eps) and process step sizes h_i, float64.
 
-    `steps` uniform steps in tau; below `time_dilation_start` (default T) each is split into
-    `time_dilation` = c sub-steps of tau-size dt / c that each advance the process by dt, so
-    the sampler integrates c times longer at every noise level there (DDSM's time dilation).
+    `steps` uniform steps in tau (`samplers.grids`); below `time_dilation_start` (default T) each
+    is split into `time_dilation` = c sub-steps of tau-size h / c that each advance the process
+    by h, so the sampler integrates c times longer at every noise level there (DDSM's time
+    dilation).
     """
     if time_dilation < 1:
         raise ValueError(f"time_dilation must be >= 1, got {time_dilation!r}")
     start = process.T if time_dilation_start is None else float(time_dilation_start)
-    edges = torch.linspace(process.T, process.eps, steps + 1, dtype=torch.float64)
-    dt = (process.T - process.eps) / steps
+    edges = time_grid(process, steps).tolist()
     taus, hs = [], []
     c = int(round(time_dilation))
-    for hi in edges[:-1].tolist():
+    for hi, lo in zip(edges[:-1], edges[1:], strict=True):
         sub = c if hi <= start + 1e-12 else 1
         for i in range(sub):
-            taus.append(hi - i * dt / sub)
-            hs.append(dt)
+            taus.append(hi - i * (hi - lo) / sub)
+            hs.append(hi - lo)
     return torch.tensor(taus, dtype=torch.float64), torch.tensor(hs, dtype=torch.float64)
 
 
@@ -50,8 +57,8 @@ def _clip_known(v: Tensor, known: Tensor | None, v_known: Tensor | None, delta: 
 def jacobi(score: Score, sde: JacobiDiffusion, x: Tensor, *, steps: int = 200,
            time_dilation: float = 1.0, time_dilation_start: float | None = None,
            known: Tensor | None = None, x_known: Tensor | None = None,
-           clip: float | None = None, generator: torch.Generator | None = None
-           ) -> tuple[Tensor, dict]:
+           clip: float | None = None, generator: torch.Generator | None = None,
+           loop: Loop = EAGER) -> tuple[Tensor, dict]:
     """Sample the reverse Dirichlet diffusion from x at T; x: (B, *D, K) on the simplex.
 
     `score(x, t)` returns the tangent x-space score. Inpainting: where `known` (B, *D) is True
@@ -79,14 +86,19 @@ def jacobi(score: Score, sde: JacobiDiffusion, x: Tensor, *, steps: int = 200,
     v = _clip_known(stick_breaking_inverse(x), known, v_known, delta)
     t_vec = taus.to(device=x.device, dtype=x.dtype)
     mean = v
+    n = len(hs)
     for i, h in enumerate(hs.tolist()):
         xs = stick_breaking(v)
         t = t_vec[i].expand(x.shape[0])
-        gv = gx_to_gv(score(xs, t), xs)
+        gx = score(xs, t)
+        loop.report(i, t, xs)  # no posterior mean on the simplex: x0_hat is None
+        gv = gx_to_gv(gx, xs)
         g = s * v * (1 - v)
         drift = g * gv + s * (1 - 2 * v) - 0.5 * s * (a * (1 - v) - b * v)
         mean = _clip_known(v + h * drift, known, v_known, delta)
         z = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
         v = _clip_known(mean + (h * g).sqrt() * z, known, v_known, delta)
+        loop.advance((i + 1) / n)
+    loop.close()
     return stick_breaking(mean), {"steps": len(hs), "time_dilation": time_dilation,
                                   "clip": delta}

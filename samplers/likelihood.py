@@ -12,9 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from samplers.base import Score
 from samplers.ode import ProbabilityFlow, check_solver
-from scorekit.sde import SDE
+from scorekit.processes import SDE, Score
 
 
 class _AugmentedFlow(nn.Module):

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from samplers.base import Score, check_shape
-from scorekit import checkpoint as ckpt
+from samplers.api import sample
+from samplers.inputs import check_shape
+from scorekit import io
 from scorekit._validate import check_positive_int
-from scorekit.sde import SDE
+from scorekit.processes import SDE, Score
 
 FORMAT = "scorekit-samples-1"
 MANIFEST = "manifest.json"
@@ -68,7 +69,7 @@ def _manifest(n: int, batch_size: int, sample_shape: tuple[int, ...], seed: int,
 def _check_manifest(out: Path, want: dict[str, Any]) -> None:
     path = out / MANIFEST
     if not path.is_file():
-        ckpt.write_text_atomic(path, json.dumps(want, indent=2))
+        io.write_text_atomic(path, json.dumps(want, indent=2))
         return
     try:
         have = json.loads(path.read_text())
@@ -87,8 +88,8 @@ def _shard_ok(path: Path, k: int, start: int, rows: int) -> bool:
     if not path.is_file():
         return False
     try:
-        tensors, meta = ckpt.load(path)
-    except ckpt.CheckpointError as err:
+        tensors, meta = io.load(path)
+    except io.CheckpointError as err:
         warnings.warn(f"recomputing shard {k}: {err}", stacklevel=3)
         return False
     good = (meta.get("shard"), meta.get("start"), meta.get("rows")) == (k, start, rows)
@@ -106,8 +107,6 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
     Shard k uses `torch.Generator(device).manual_seed(shard_seed(seed, k))`: the files depend on
     (seed, batch_size), not on how often the run was interrupted.
     """
-    import samplers  # the package imports this module
-
     n = check_positive_int(n, "n")
     batch_size = check_positive_int(batch_size, "batch_size")
     dims = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
@@ -130,15 +129,15 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
             res.skipped.append(k)
             continue
         gen = torch.Generator(device).manual_seed(shard_seed(seed, k))
-        r = samplers.sample(score, sde, (rows, *sample_shape), method=method, steps=steps,
+        r = sample(score, sde, (rows, *sample_shape), method=method, steps=steps,
                             generator=gen, device=device, dtype=dtype, **options)
-        ckpt.save(path, {"x": r.x.detach().cpu()},
+        io.save(path, {"x": r.x.detach().cpu()},
                   {"shard": k, "start": start, "rows": rows, "seed": shard_seed(seed, k),
                    "nfe": r.nfe})
         res.written.append(k)
         del r
     manifest = json.loads((out / MANIFEST).read_text())
-    ckpt.write_text_atomic(out / MANIFEST, json.dumps({**manifest, "complete": True}, indent=2))
+    io.write_text_atomic(out / MANIFEST, json.dumps({**manifest, "complete": True}, indent=2))
     res.wall_time = time.perf_counter() - start_time
     return res
 
@@ -152,8 +151,8 @@ def load_samples(out_dir: str | Path) -> Tensor:
     for k in range(manifest["shards"]):
         path = shard_path(out, k)
         try:
-            tensors, meta = ckpt.load(path)
-        except ckpt.CheckpointError as err:
+            tensors, meta = io.load(path)
+        except io.CheckpointError as err:
             raise ValueError(f"shard {k} of {out}: {err}") from err
         if meta.get("start") != start or tensors["x"].shape[0] != meta.get("rows"):
             raise ValueError(f"shard {k} of {out} starts at row {meta.get('start')} with "

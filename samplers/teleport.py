@@ -27,25 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from scorekit import checkpoint as ckpt
-from scorekit.sde import SDE
+from samplers.grids import time_grid
+from scorekit import io
+from scorekit.processes import SDE, Score
+from scorekit.scores.gaussian import LowRankGaussian, eigh_desc
 
-Score = Callable[[Tensor, Tensor], Tensor]
 MODES = ("ode", "marginal", "conditional")
 # Methods that integrate the probability-flow ODE: they take the deterministic teleport map.
 ODE_METHODS = ("ode", "heun", "dpm_solver", "unipc", "euler_diffusers", "closed_form")
-
-
-def _eig_desc(cov: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix, float64."""
-    lam, u = torch.linalg.eigh(0.5 * (cov + cov.T))
-    return lam.flip(0), u.flip(1)
 
 
 def _fingerprint(x: Tensor) -> str:
@@ -55,8 +49,9 @@ def _fingerprint(x: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-class GaussianTeleport:
-    """N(mean, cov) fitted to the data, moved through the process `sde` in closed form.
+class GaussianTeleport(LowRankGaussian):
+    """N(mean, cov) fitted to the data (`scorekit.scores.LowRankGaussian`: its closed forms),
+    moved through the process `sde` in closed form.
 
     mean: (d,) or data-shaped (*D,); cov: (d, d) full covariance. `rank=k` keeps the top-k
     eigenpairs and replaces the rest by their average (the isotropic remainder). Use `fit` to
@@ -64,52 +59,6 @@ class GaussianTeleport:
     """
 
     fitted_on: dict | None = None  # what `fit` saw (data hash, rank, n), to validate caches
-
-    def __init__(self, mean: Tensor, cov: Tensor, sde: SDE, rank: int | None = None):
-        mean = torch.as_tensor(mean, dtype=torch.float64)
-        cov = torch.as_tensor(cov, dtype=torch.float64)
-        d = mean.numel()
-        if cov.shape != (d, d):
-            raise ValueError(f"cov must have shape (d, d) = ({d}, {d}) for a mean with {d} "
-                             f"elements, got {tuple(cov.shape)}")
-        if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
-            raise ValueError("mean and cov must be finite")
-        if not torch.allclose(cov, cov.T, rtol=1e-8, atol=1e-10 * float(cov.abs().max())):
-            raise ValueError("cov must be symmetric")
-        lam, u = _eig_desc(cov)
-        if float(lam[-1]) < -1e-8 * max(float(lam[0]), 1e-300):
-            raise ValueError(f"cov must be positive semi-definite; smallest eigenvalue "
-                             f"{float(lam[-1]):.3g}")
-        lam = lam.clamp_min(0)
-        rank = self._check_rank(rank, d)
-        lam_perp = float(lam[rank:].mean()) if rank < d else 0.0
-        self._set(mean.reshape(-1), u[:, :rank], lam[:rank], lam_perp, sde,
-                  tuple(mean.shape) if mean.dim() > 1 else (d,))
-
-    @staticmethod
-    def _check_rank(rank: int | None, d: int) -> int:
-        if rank is None:
-            return d
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d:
-            raise ValueError(f"rank must be an integer in [1, d={d}] or None, got {rank!r}")
-        return rank
-
-    def _set(self, mean: Tensor, u: Tensor, lam: Tensor, lam_perp: float, sde: SDE,
-             sample_shape: tuple[int, ...]) -> None:
-        self.sde = sde
-        self.mean = mean  # (d,) float64
-        self.u = u.contiguous()  # (d, k) orthonormal columns, float64
-        self.lam = lam  # (k,) descending
-        self.lam_perp = lam_perp  # variance on the complement of span(u) (0 when k = d)
-        self.sample_shape = sample_shape
-        self._cache: dict[tuple, tuple[Tensor, ...]] = {}
-
-    @classmethod
-    def _from_parts(cls, mean: Tensor, u: Tensor, lam: Tensor, lam_perp: float, sde: SDE,
-                    sample_shape: tuple[int, ...]) -> GaussianTeleport:
-        tp = cls.__new__(cls)
-        tp._set(mean, u, lam, lam_perp, sde, sample_shape)
-        return tp
 
     # --- construction from data -----------------------------------------------------------
     @classmethod
@@ -135,7 +84,7 @@ class GaussianTeleport:
         if cache is not None and Path(cache).is_file():
             try:
                 tp = cls.load(cache, sde)
-            except ckpt.CheckpointError as err:
+            except io.CheckpointError as err:
                 warnings.warn(f"ignoring unreadable teleport cache ({err}); refitting",
                               stacklevel=2)
             else:
@@ -156,7 +105,7 @@ class GaussianTeleport:
         total_var /= n - 1
         if cov is not None:
             cov /= n - 1
-            lam, u = _eig_desc(cov)
+            lam, u = eigh_desc(cov)
             lam, u = lam[:rank].clamp_min(0), u[:, :rank]
         else:  # randomised PCA on the centred data, never forming the d x d matrix
             q = min(rank + 10, n, d)
@@ -174,89 +123,22 @@ class GaussianTeleport:
 
     def save(self, path: str | Path) -> None:
         """Write mean, eigenvectors and eigenvalues to a safetensors file (atomically)."""
-        ckpt.save(path, {"mean": self.mean, "u": self.u, "lam": self.lam},
+        io.save(path, {"mean": self.mean, "u": self.u, "lam": self.lam},
                   {"kind": "gaussian_teleport", "lam_perp": self.lam_perp,
                    "sample_shape": list(self.sample_shape), "fitted_on": self.fitted_on})
 
     @classmethod
     def load(cls, path: str | Path, sde: SDE) -> GaussianTeleport:
-        tensors, meta = ckpt.load(path)
+        tensors, meta = io.load(path)
         if meta.get("kind") != "gaussian_teleport" or set(tensors) != {"mean", "u", "lam"}:
-            raise ckpt.CheckpointError(f"{path} is not a saved GaussianTeleport")
+            raise io.CheckpointError(f"{path} is not a saved GaussianTeleport")
         tp = cls._from_parts(tensors["mean"].double(), tensors["u"].double(),
                              tensors["lam"].double(), float(meta["lam_perp"]), sde,
                              tuple(meta["sample_shape"]))
         tp.fitted_on = meta.get("fitted_on")
         return tp
 
-    # --- closed-form pieces -----------------------------------------------------------------
-    @property
-    def dim(self) -> int:
-        return self.mean.numel()
-
-    @property
-    def rank(self) -> int:
-        return self.u.shape[1]
-
-    def _variances(self, t: float) -> tuple[float, float, Tensor, float]:
-        """(alpha_t, sigma_t, c(t) on span(u) (k,), c_perp(t)) in float64."""
-        alpha, sigma = (float(v) for v in self.sde.marginal(
-            torch.tensor([float(t)], dtype=torch.float64)))
-        return alpha, sigma, alpha**2 * self.lam + sigma**2, alpha**2 * self.lam_perp + sigma**2
-
-    def _parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(mean, u, lam) in x's dtype/device (cached)."""
-        key = (x.dtype, x.device)
-        if key not in self._cache:
-            self._cache[key] = tuple(v.to(device=x.device, dtype=x.dtype)
-                                     for v in (self.mean, self.u, self.lam))
-        return self._cache[key]
-
-    def _apply(self, delta: Tensor, r: Tensor, r_perp: float) -> Tensor:
-        """U diag(r) U^T delta + r_perp (delta - U U^T delta); delta: (B, d), r: (k,) f64."""
-        _, u, _ = self._parts(delta)
-        y = delta @ u
-        out = (y * r.to(delta)) @ u.T
-        if self.rank < self.dim:
-            out = out + r_perp * (delta - y @ u.T)
-        return out
-
-    def _flat(self, x: Tensor) -> Tensor:
-        if x.dim() < 2 or x[0].numel() != self.dim:
-            raise ValueError(f"x must be (B, *D) with {self.dim} elements per sample, got "
-                             f"{tuple(x.shape)}")
-        return x.reshape(x.shape[0], self.dim)
-
-    def _check_times(self, t: float, t_from: float) -> None:
-        t, t_from = float(t), float(t_from)
-        if not self.sde.eps <= t <= t_from <= self.sde.T * (1 + 1e-9):
-            raise ValueError(f"teleport needs eps <= t <= t_from <= T = {self.sde.T:g}, got "
-                             f"t={t:g}, t_from={t_from:g} (eps={self.sde.eps:g})")
-
-    def marginal_moments(self, t: float) -> tuple[Tensor, Tensor]:
-        """(m_t (d,), C_t (d, d)) of the Gaussian's marginal at t, float64."""
-        alpha, _, c, c_perp = self._variances(t)
-        eye = torch.eye(self.dim, dtype=torch.float64)
-        proj = self.u @ self.u.T
-        cov = self.u @ torch.diag(c) @ self.u.T + (c_perp * (eye - proj) if self.rank < self.dim
-                                                   else 0.0)
-        return alpha * self.mean, cov
-
-    def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """Gaussian score -C_t^{-1} (x - m_t); x: (B, *D), t: (B,) (may differ per sample)."""
-        xf = self._flat(x)
-        mean, u, lam = self._parts(xf)
-        alpha, sigma = self.sde.marginal(t.to(torch.float64))
-        alpha, sigma = alpha.to(xf)[:, None], sigma.to(xf)[:, None]
-        delta = xf - alpha * mean
-        y = delta @ u
-        c = alpha**2 * lam + sigma**2
-        out = -(y / c) @ u.T
-        if self.rank < self.dim:
-            c_perp = alpha**2 * self.lam_perp + sigma**2
-            out = out - (delta - y @ u.T) / c_perp
-        return out.reshape(x.shape)
-
+    # --- teleport maps ------------------------------------------------------------------
     def ode_map(self, x: Tensor, t: float, t_from: float | None = None) -> Tensor:
         """Deterministic PF-ODE map of x from t_from (default T) to t; x: (B, *D)."""
         t_from = self.sde.T if t_from is None else t_from
@@ -268,17 +150,6 @@ class GaussianTeleport:
         delta = xf - a0 * mean
         out = a1 * mean + self._apply(delta, (c1 / c0).sqrt(), (p1 / p0) ** 0.5)
         return out.reshape(x.shape)
-
-    def sample_marginal(self, n: int, t: float, generator: torch.Generator | None = None,
-                        device: torch.device | str | None = None,
-                        dtype: torch.dtype = torch.float32) -> Tensor:
-        """n draws of x_t ~ N(m_t, C_t), shaped (n, *D)."""
-        self._check_times(t, self.sde.T)
-        alpha, _, c, c_perp = self._variances(t)
-        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
-        mean = self._parts(z)[0]
-        x = alpha * mean + self._apply(z, c.sqrt(), c_perp**0.5)
-        return x.reshape(n, *self.sample_shape)
 
     def conditional(self, x: Tensor, t: float, t_from: float | None = None,
                     generator: torch.Generator | None = None) -> Tensor:
@@ -346,8 +217,6 @@ class GaussianTeleport:
             raise ValueError(f"thresh must be in (0, 1), got {thresh}")
         if points < 2 or n < 1:
             raise ValueError(f"points must be >= 2 and n >= 1, got points={points}, n={n}")
-        from samplers.base import time_grid
-
         grid = time_grid(self.sde, points, "logsnr").tolist()[:-1]  # eps itself excluded
         t_best, ts, evs = float(self.sde.T), [], []
         for t in grid:

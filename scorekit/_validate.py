@@ -7,6 +7,23 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+# Relative slack on the [eps, T] checks of t: grids built in float64 and cast to float32 land a
+# few ulps outside the interval.
+T_SLACK = 1e-5
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value or an unknown configuration key."""
+
+
+def split_named(section: Any, key: str = "name") -> tuple[str, dict[str, Any]]:
+    """(name, remaining keyword params) of an open config section (a DictConfig or dict)."""
+    from omegaconf import OmegaConf
+
+    params = (OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section)
+              else dict(section))
+    return params.pop(key), params
+
 
 def accepted_kwargs(fn: Callable[..., Any]) -> list[str] | None:
     """Keyword names `fn` accepts, or None when it takes **kwargs (anything goes)."""
@@ -73,11 +90,9 @@ def check_score_input(x: Any, t: Any, dim: int, sde: Any, device: Any,
                          f"{device}; move the score with .to(device) (no implicit copies)")
     if t.device.type != "cpu" or t.numel() == 0:
         return
-    from scorekit.sde import _T_SLACK
-
     lo = sde.eps if t_min is None else t_min
     t_lo, t_hi = torch.aminmax(t)  # NaN fails both comparisons
-    if not (lo * (1 - _T_SLACK) <= float(t_lo) and float(t_hi) <= sde.T * (1 + _T_SLACK)):
-        bad = (t < lo * (1 - _T_SLACK)) | (t > sde.T * (1 + _T_SLACK)) | torch.isnan(t)
+    if not (lo * (1 - T_SLACK) <= float(t_lo) and float(t_hi) <= sde.T * (1 + T_SLACK)):
+        bad = (t < lo * (1 - T_SLACK)) | (t > sde.T * (1 + T_SLACK)) | torch.isnan(t)
         raise ValueError(f"t={float(t[bad][0]):.6g} is outside [{lo:g}, T={sde.T:g}] for the "
                          f"score under {type(sde).__name__}")

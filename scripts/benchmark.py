@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scorekit.interrupt import StopRequested  # noqa: E402
+from scorekit.training.signals import StopRequested  # noqa: E402
 
 # suite name -> "module:function" under benchmarks/; add new suites here.
 SUITES = {"sudoku": "benchmarks.sudoku:run", "fd_nfe": "benchmarks.fd_nfe:run",

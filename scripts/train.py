@@ -21,9 +21,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from scorekit import distributed
-from scorekit.interrupt import StopRequested
 from scorekit.train import trainer_class
+from scorekit.training import distributed
+from scorekit.training.signals import StopRequested
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")

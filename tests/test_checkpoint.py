@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scorekit import checkpoint as ckpt
+from scorekit import io as ckpt
 
 
 def _state(step):

@@ -20,9 +20,9 @@ from scorekit.data.boltzmann import (
     double_well_score,
     gmm_score,
     quartic_well,
-    quartic_well_log_norm,
 )
 from scorekit.data.synthetic import gmm_params
+from scorekit.processes.nonlinear import quartic_well_log_norm
 
 F64 = torch.float64
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from scorekit import checkpoint as ckpt
+from scorekit import io as ckpt
 from scorekit.dirichlet import (
     JacobiDiffusion,
     gv_to_gx,
@@ -18,7 +18,7 @@ from scorekit.dirichlet import (
     stick_log,
     stick_logdet,
 )
-from scorekit.jacobi import beta_logpdf, transition_logpdf, transition_series
+from scorekit.processes.jacobi import beta_logpdf, transition_logpdf, transition_series
 
 F64 = torch.float64
 K = 4

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from scorekit.jacobi import (
+from scorekit.processes.jacobi import (
     JacobiTable,
     beta_logpdf,
     series_order,

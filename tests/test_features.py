@@ -131,7 +131,7 @@ def _reference_inception():
 @pytest.mark.slow
 def test_inception_structure_matches_torch_fidelity(tmp_path):
     ref_mod = _reference_inception()
-    from scorekit.features.inception import FIDInceptionV3
+    from scorekit.evaluation.features.inception import FIDInceptionV3
 
     gen = torch.Generator().manual_seed(0)
     state = FIDInceptionV3().state_dict()

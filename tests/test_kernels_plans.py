@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import samplers
-from samplers.kernels import plans
+from samplers import plans
 from scorekit.scores import GaussianScore
 from scorekit.sde import EDMSDE, VPSDE
 

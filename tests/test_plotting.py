@@ -10,7 +10,7 @@ import torch
 from matplotlib.image import imread
 
 from scorekit.data import make_dataset
-from scorekit.plotting import _tile, image_grid, save_samples_plot
+from scorekit.evaluation.plotting import _tile, image_grid, save_samples_plot
 
 matplotlib.use("Agg")
 

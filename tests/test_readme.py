@@ -13,3 +13,17 @@ def test_readme_sampling_tour_runs():
     exec(compile(tour, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
     assert ns["res"].x.shape == (2000, 2)
     assert ns["nll"].shape == (2000,) and ns["nll"].isfinite().all()
+
+
+def test_readme_new_solver_block_runs():
+    """The Architecture section's one-function solver registers and samples as shown."""
+    import samplers
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    block = next(b for b in blocks if "samplers.register(" in b)
+    ns: dict = {}
+    try:
+        exec(compile(block, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+        assert ns["res"].nfe == 50 and ns["res"].x.shape == (1000, 2)
+    finally:
+        samplers.api._METHODS.pop("pf_euler", None)

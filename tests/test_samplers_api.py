@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import samplers
-from samplers.base import GRIDS, CountingScore, time_grid
+from samplers.grids import GRIDS, time_grid
+from samplers.result import CountingScore
 from scorekit.reflected import ReflectedSDE
 from scorekit.scores import GaussianScore
 from scorekit.sde import EDMSDE, VESDE, VPSDE, SubVPSDE

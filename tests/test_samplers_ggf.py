@@ -10,13 +10,14 @@ import torch
 from _gauss import assert_gaussian_law, chain_law, marginal_moments, pf_ode_map, random_spd
 
 import samplers
-from samplers.base import time_grid
 from samplers.brownian import BrownianStack
 from samplers.ggf import attempt, next_step
-from samplers.sde_solvers import _em_coefficients
+from samplers.grids import time_grid
+from samplers.steps import em_coefficients
 from scorekit.data.synthetic import gmm_params
+from scorekit.processes import Process, per_sample
 from scorekit.scores import GaussianScore, GMMScore
-from scorekit.sde import VESDE, VPSDE, _per_sample
+from scorekit.sde import VESDE, VPSDE
 
 
 def _gauss(sde, d, seed=1):
@@ -45,6 +46,8 @@ def test_controller_hand_computed():
     next h follow the formulas of §3.1 to 1e-12."""
 
     class Decay:
+        is_linear = True
+
         def _drift_rate(self, t):
             return -torch.ones_like(t)
 
@@ -178,7 +181,7 @@ def test_gauss_highd_nfe_and_covariance():
     rel = lambda x: float(torch.linalg.matrix_norm(torch.cov(x.double().T) - c)  # noqa: E731
                           / torch.linalg.matrix_norm(c))
     grid = time_grid(sde, 1000)
-    _, c_em = chain_law(gs, sde, grid, _em_coefficients(sde, grid))
+    _, c_em = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))
     em_bias = float(torch.linalg.matrix_norm(c_em - c) / torch.linalg.matrix_norm(c))
     floor = rel(gs.sample_marginal(n, sde.eps, generator=torch.Generator().manual_seed(9)))
     assert rel(res.x) <= em_bias + floor + 0.02, (rel(res.x), em_bias, floor)
@@ -276,7 +279,7 @@ def test_brownian_stack_is_one_path_under_selection():
         d = stack.draw(rows, hr, torch.randn(n, 1, generator=gen, dtype=torch.float64)[rows])
         acc = (d.dw[:, 0].abs() <= 2 * hr.sqrt()) | (hr < 1e-10)  # h_min as in the sampler
         stack.commit(rows, acc, hr, d)
-        total[rows] += d.dw * _per_sample(acc.double(), d.dw)
+        total[rows] += d.dw * per_sample(acc.double(), d.dw)
         t[rows] = torch.where(acc, t[rows] + hr, t[rows])
         h[rows] = torch.where(acc, 1.2 * hr, 0.5 * hr)
     assert (t >= 1 - 1e-12).all()

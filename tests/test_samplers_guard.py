@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import samplers
-from samplers.base import CountingScore, FiniteGuard, NonFiniteError
+from samplers.result import CountingScore, FiniteGuard, NonFiniteError
 from scorekit.reflected import ReflectedSDE
 from scorekit.scores import GaussianScore
 from scorekit.sde import VPSDE

@@ -150,15 +150,16 @@ def test_diffusers_few_steps_beat_em():
     """At 10 NFE DPM-Solver's output law is much closer to the data than EM's (both exact laws:
     DPM-Solver is affine in x_T; EM's chain law is propagated in closed form). Measured relative
     covariance errors: DPM-Solver 0.075, EM 0.209; the bound asks for at least a factor 2."""
-    from samplers.base import time_grid
-    from samplers.sde_solvers import _em_coefficients
+    from samplers.grids import time_grid
+    from samplers.steps import em_coefficients
+    from scorekit.processes import Process
 
     sde = VPSDE()
     gs = _gauss(sde)
     a, b = _affine_output("dpm_solver", gs, sde, 10)
     cov_dpm = sde.prior_std**2 * a @ a.T
     grid = time_grid(sde, 9)  # 9 EM steps + Tweedie = 10 NFE
-    m, c = chain_law(gs, sde, grid, _em_coefficients(sde, grid))
+    m, c = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))
     ta, tb = tweedie_affine(gs, sde, sde.eps)
     cov_em = ta @ c @ ta.T
     rel = lambda c: (torch.linalg.matrix_norm(c - gs.cov) / torch.linalg.matrix_norm(gs.cov)).item()  # noqa: E731

@@ -5,8 +5,9 @@ import torch
 from _gauss import assert_gaussian_law, chain_law, marginal_moments, random_spd, tweedie_affine
 
 import samplers
-from samplers.base import time_grid
-from samplers.sde_solvers import _ancestral_coefficients, _em_coefficients
+from samplers.grids import time_grid
+from samplers.steps import ancestral_coefficients, em_coefficients, langevin_move
+from scorekit.processes import Process
 from scorekit.scores import GaussianScore
 from scorekit.sde import VESDE, VPSDE
 
@@ -31,7 +32,7 @@ def test_em_matches_exact_chain_law(sde):
     gs, steps = _gauss(sde), 200
     res = _run(gs, sde, "em", steps, denoise="none")
     grid = time_grid(sde, steps)
-    m, c = chain_law(gs, sde, grid, _em_coefficients(sde, grid))
+    m, c = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))
     assert_gaussian_law(res.x, m, c)
 
 
@@ -41,7 +42,7 @@ def test_ancestral_predictor_matches_chain_law(sde):
     gs, steps = _gauss(sde), 200
     res = _run(gs, sde, "pc", steps, corrector="none", n_corrector=0, denoise="none")
     grid = time_grid(sde, steps)
-    m, c = chain_law(gs, sde, grid, _ancestral_coefficients(sde, grid))
+    m, c = chain_law(gs, sde, grid, ancestral_coefficients(Process(sde), grid))
     assert_gaussian_law(res.x, m, c)
 
 
@@ -50,7 +51,7 @@ def test_chain_law_detects_wrong_coefficients():
     sde = VPSDE()
     gs, steps = _gauss(sde), 200
     grid = time_grid(sde, steps)
-    good = _em_coefficients(sde, grid)
+    good = em_coefficients(Process(sde), grid)
     bad = good.clone()
     bad[:, 1] *= 1.05
     x = _run(gs, sde, "em", steps, denoise="none").x
@@ -67,7 +68,7 @@ def test_em_chain_converges_first_order():
     errs = []
     for steps in (100, 200, 400):
         grid = time_grid(sde, steps)
-        _, c = chain_law(gs, sde, grid, _em_coefficients(sde, grid))
+        _, c = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))
         errs.append(torch.linalg.matrix_norm(c - c_eps).item())
     ratios = [errs[0] / errs[1], errs[1] / errs[2]]
     assert all(1.6 <= r <= 2.5 for r in ratios), (errs, ratios)
@@ -79,7 +80,7 @@ def test_em_tweedie_output_law():
     gs, steps = _gauss(sde), 200
     res = _run(gs, sde, "em", steps, denoise="tweedie")
     grid = time_grid(sde, steps)
-    m, c = chain_law(gs, sde, grid, _em_coefficients(sde, grid))
+    m, c = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))
     a, b = tweedie_affine(gs, sde, sde.eps)
     assert_gaussian_law(res.x, a @ m + b, a @ c @ a.T)
 
@@ -91,7 +92,7 @@ def test_em_denoise_mean_drops_last_noise():
     x_none = _run(gs, sde, "em", 10, seed=3, denoise="none").x
     x_mean = _run(gs, sde, "em", 10, seed=3, denoise="mean").x
     grid = time_grid(sde, 10)
-    k3 = _em_coefficients(sde, grid)[-1, 2].item()
+    k3 = em_coefficients(Process(sde), grid)[-1, 2].item()
     resid = (x_none - x_mean) / k3  # must be the last standard-normal draw
     assert abs(resid.mean().item()) < 5 / (resid.numel() ** 0.5)
     assert abs(resid.var().item() - 1) < 5 * (2 / resid.numel()) ** 0.5
@@ -108,7 +109,7 @@ def test_pc_langevin_ve_gauss():
     res = _run(gs, sde, "pc", steps, denoise="none")
     m, c = marginal_moments(gs, sde.eps)
     grid = time_grid(sde, steps)
-    _, c_chain = chain_law(gs, sde, grid, _ancestral_coefficients(sde, grid))
+    _, c_chain = chain_law(gs, sde, grid, ancestral_coefficients(Process(sde), grid))
     lam, u = torch.linalg.eigh(c)
     bias = ((u.T @ c_chain @ u).diagonal() / lam - 1).abs().max().item()
     y = (res.x.double() - m) @ u
@@ -120,8 +121,6 @@ def test_pc_langevin_ve_gauss():
 
 def test_pc_per_sample_norm_is_batch_independent():
     """per_sample Langevin steps do not depend on the other rows; batch_mean ones do."""
-    from samplers.sde_solvers import _langevin
-
     gs = _gauss(VESDE())
     x = torch.randn(64, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     t = torch.full((64,), 0.5, dtype=torch.float64)
@@ -129,6 +128,8 @@ def test_pc_per_sample_norm_is_batch_independent():
     for n in (16, 64):
         for mode in ("per_sample", "batch_mean"):
             g = torch.Generator().manual_seed(7)  # first rows of z agree across batch sizes
-            out[n, mode] = _langevin(gs, x[:n], t[:n], 1.0, 0.16, mode, g)[:4]
+            z = torch.randn(x[:n].shape, generator=g, dtype=x.dtype)
+            out[n, mode] = langevin_move(x[:n].clone(), gs(x[:n], t[:n]), z, 1.0, 0.16,
+                                         mode)[:4]
     assert torch.allclose(out[16, "per_sample"], out[64, "per_sample"], rtol=1e-12, atol=1e-12)
     assert not torch.allclose(out[16, "batch_mean"], out[64, "batch_mean"])

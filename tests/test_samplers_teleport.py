@@ -14,8 +14,8 @@ from torchdiffeq import odeint
 import samplers
 from samplers import GaussianTeleport
 from samplers.ode import ProbabilityFlow
-from scorekit.checkpoint import CheckpointError
 from scorekit.data.synthetic import gmm_params
+from scorekit.io import CheckpointError
 from scorekit.scores import GaussianScore, GMMScore
 from scorekit.sde import VESDE, VPSDE
 

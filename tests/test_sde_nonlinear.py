@@ -14,9 +14,8 @@ import torch
 from scipy import stats
 
 import samplers
-from scorekit.data.boltzmann import quartic_well_log_norm
 from scorekit.nets import MLPScore
-from scorekit.nonlinear_sde import NONLINEAR_SDES
+from scorekit.processes.nonlinear import NONLINEAR_SDES, quartic_well_log_norm
 from scorekit.sde import DoubleWellSDE, NonlinearSDE, make_sde
 
 F64 = torch.float64
@@ -138,7 +137,7 @@ def test_nonlinear_process_refuses_gaussian_only_operations():
 
 def test_make_sde_double_well_and_validation():
     """make_sde builds non-linear processes by name; both import paths give the same class."""
-    from scorekit import nonlinear_sde
+    from scorekit.processes import nonlinear as nonlinear_sde
 
     assert nonlinear_sde.NonlinearSDE is NonlinearSDE
     assert isinstance(NONLINEAR_SDES["double_well"](), DoubleWellSDE)

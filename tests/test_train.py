@@ -14,9 +14,10 @@ from _config import compose_config as _cfg
 from omegaconf import OmegaConf
 
 import samplers
-from scorekit import checkpoint as ckpt
+from scorekit import io as ckpt
 from scorekit.config import ConfigError
 from scorekit.train import Trainer
+from scorekit.training.checkpoint import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,7 @@ def test_mismatched_checkpoint(tmp_path):
     # Same config, different tensors: the shape check names the parameter.
     tensors, _ = ckpt.load(tr.ckpt_path)
     with pytest.raises(ckpt.CheckpointError, match=r"'model.net.layers.0.weight' has shape"):
-        ckpt.load_module(other.model, tensors, "model", "ckpt")
+        load_module(other.model, tensors, "model", "ckpt")
     with pytest.raises(ckpt.CheckpointError, match="not found"):
         other.load_checkpoint(tmp_path / "nope.safetensors")
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from _config import compose_config as _cfg
 
-from scorekit import checkpoint as ckpt
+from scorekit import io as ckpt
 from scorekit.config import ConfigError
 from scorekit.train import Trainer
 

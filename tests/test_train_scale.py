@@ -15,12 +15,12 @@ import pytest
 import torch
 from _config import compose_config as _cfg
 
-from scorekit import checkpoint as ckpt
-from scorekit import distributed
+from scorekit import io as ckpt
 from scorekit.config import ConfigError
-from scorekit.interrupt import StopRequested
 from scorekit.train import Trainer
-from scorekit.train_step import chunk_seed
+from scorekit.training import distributed
+from scorekit.training.signals import StopRequested
+from scorekit.training.step import chunk_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.steps=20", "trainer.batch_size=64", "trainer.log_every=1",

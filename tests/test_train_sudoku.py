@@ -13,7 +13,7 @@ import torch
 from _config import compose_config
 
 from scorekit.train import trainer_class
-from scorekit.train_sudoku import SudokuTrainer
+from scorekit.training.sudoku import SudokuTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["experiment=sudoku", "trainer.batch_size=32", "trainer.progress=false",

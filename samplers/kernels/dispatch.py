@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Hashable
 
 import torch
 from torch import Tensor
 
-from samplers.kernels.plans import memo
+from samplers.plans import memo
 
 # Philox seeds are drawn below 2^62 so the int64 seed tensor never overflows.
 SEED_BOUND = 2**62
@@ -48,30 +47,30 @@ class Steps:
 
     table (N, k) float64: row i = step i's coefficients. The PyTorch path reads `rows` (Python
     floats in x's dtype, or `host_rows`); the kernel path reads `coef` on the device at the row
-    of the device `cursor` = [row, Philox offset], so its loops are CUDA-graph capturable.
+    of the device `cursor` = [row, Philox offset], so its loops are CUDA-graph capturable. The
+    read-only data derived from (table, ts, host_rows) for a device, dtype and batch is built
+    once and reused (`plans.memo`); under CUDA-graph capture the Philox seed is not drawn here
+    but set before each replay (`reset`).
     """
 
     def __init__(self, table: Tensor, ts: Tensor, like: Tensor,
                  generator: torch.Generator | None = None, use_triton: bool | None = None,
-                 host_rows: list[list[float]] | None = None, key: Hashable | None = None):
+                 host_rows: list[list[float]] | None = None):
         self.fused = use_fused(like, use_triton)
         self.count, self.batch, self.numel = table.shape[0], like.shape[0], like.numel()
         self.generator = generator
-        # `key` (a `plans.plan_key` naming table, ts and host_rows) reuses the read-only data.
-        data_key = None if key is None else ("steps", key, like.dtype, like.device, self.batch,
-                                             self.fused)
-        self.rows, self.t_table, self.times, coef = memo(
-            data_key, lambda: self._data(table, ts, like, host_rows))
+        key = ("steps", id(table), id(ts), id(host_rows), like.dtype, like.device, self.batch,
+               self.numel, self.fused)
+        self.rows, self.t_table, self.times, self.coef, self._moves = memo(
+            key, lambda: self._data(table, ts, like, host_rows), pins=(table, ts, host_rows))
         self._buffers: dict[str, Tensor] = {}
         if self.fused:
             dev = like.device
-            self.coef = coef
-            self.cursor = torch.zeros(2, dtype=torch.int64, device=dev)
-            self.seed = torch.zeros(1, dtype=torch.int64, device=dev)
-            # Cursor increments: next step (row and noise), noise only, row only.
-            self._moves = torch.tensor([[1, self.numel], [0, self.numel], [1, 0]],
-                                       dtype=torch.int64, device=dev)
-            self.reset(generator)
+            # No fill kernels here: under capture they would reset the seed at every replay.
+            self.cursor = torch.empty(2, dtype=torch.int64, device=dev)
+            self.seed = torch.empty(1, dtype=torch.int64, device=dev)
+            if not (like.is_cuda and torch.cuda.is_current_stream_capturing()):
+                self.reset(generator)
 
     def _data(self, table: Tensor, ts: Tensor, like: Tensor,
               host_rows: list[list[float]] | None) -> tuple:
@@ -79,9 +78,13 @@ class Steps:
         t_table = ts.to(device=like.device, dtype=like.dtype)
         # One view per grid point, made once: indexing a tensor every step costs a dispatch.
         times = t_table[:, None].expand(-1, self.batch).unbind(0)
-        coef = table.to(device=like.device, dtype=compute_dtype(like.dtype)).contiguous() \
-            if self.fused else None
-        return rows, t_table, times, coef
+        if not self.fused:
+            return rows, t_table, times, None, None
+        coef = table.to(device=like.device, dtype=compute_dtype(like.dtype)).contiguous()
+        # Cursor increments: next step (row and noise), noise only, row only.
+        moves = torch.tensor([[1, self.numel], [0, self.numel], [1, 0]], dtype=torch.int64,
+                             device=like.device)
+        return rows, t_table, times, coef, moves
 
     def reset(self, generator: torch.Generator | None = None) -> None:
         """Kernel path: back to row 0 with a fresh Philox seed drawn from `generator`."""

@@ -29,6 +29,19 @@ def _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, HAS_NOISE: tl.constexpr):
 
 
 @triton.jit
+def _block(n, BLOCK: tl.constexpr):
+    # Flat indices and mask of this program's block of an n-element array.
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return idx, idx < n
+
+
+@triton.jit
+def _rows(ROWS: tl.constexpr):
+    # The rows this program reduces over.
+    return tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+
+
+@triton.jit
 def _row_tile(rows, j, b, d, COLS: tl.constexpr):
     # Flat indices and mask of columns j..j+COLS of the given rows of a (b, d) array.
     cols = j + tl.arange(0, COLS)
@@ -39,8 +52,7 @@ def _row_tile(rows, j, b, d, COLS: tl.constexpr):
 def _em_kernel(x_ptr, s_ptr, z_ptr, mean_ptr, coef_ptr, cursor_ptr, seed_ptr, n, ncol,
                COL: tl.constexpr, HAS_NOISE: tl.constexpr, WRITE_MEAN: tl.constexpr,
                BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < n
+    idx, mask = _block(n, BLOCK)
     row = coef_ptr + tl.load(cursor_ptr) * ncol + COL
     k1, k2, k3 = tl.load(row), tl.load(row + 1), tl.load(row + 2)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(k1.dtype)
@@ -55,7 +67,7 @@ def _em_kernel(x_ptr, s_ptr, z_ptr, mean_ptr, coef_ptr, cursor_ptr, seed_ptr, n,
 @triton.jit
 def _row_sq_norms_kernel(s_ptr, z_ptr, out_ptr, cursor_ptr, seed_ptr, b, d,
                          HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    rows = _rows(ROWS)
     acc_s = tl.zeros([ROWS, COLS], dtype=out_ptr.dtype.element_ty)
     acc_z = tl.zeros([ROWS, COLS], dtype=out_ptr.dtype.element_ty)
     for j in range(0, d, COLS):
@@ -71,8 +83,7 @@ def _row_sq_norms_kernel(s_ptr, z_ptr, out_ptr, cursor_ptr, seed_ptr, b, d,
 @triton.jit
 def _langevin_kernel(x_ptr, s_ptr, z_ptr, e_ptr, cursor_ptr, seed_ptr, n, d,
                      HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < n
+    idx, mask = _block(n, BLOCK)
     e = tl.load(e_ptr + idx // d, mask=mask, other=0.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(e.dtype)
     s = tl.load(s_ptr + idx, mask=mask, other=0.0).to(e.dtype)
@@ -84,8 +95,7 @@ def _langevin_kernel(x_ptr, s_ptr, z_ptr, e_ptr, cursor_ptr, seed_ptr, n, d,
 @triton.jit
 def _heun_predict_kernel(xs_ptr, s_ptr, d_ptr, xin_ptr, coef_ptr, cursor_ptr, n, ncol,
                          BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < n
+    idx, mask = _block(n, BLOCK)
     row = coef_ptr + tl.load(cursor_ptr) * ncol
     neg_sigma, ds, alpha_next = tl.load(row), tl.load(row + 1), tl.load(row + 2)
     xs = tl.load(xs_ptr + idx, mask=mask, other=0.0).to(ds.dtype)
@@ -98,8 +108,7 @@ def _heun_predict_kernel(xs_ptr, s_ptr, d_ptr, xin_ptr, coef_ptr, cursor_ptr, n,
 @triton.jit
 def _heun_correct_kernel(xs_ptr, d_ptr, s_ptr, xin_ptr, coef_ptr, cursor_ptr, n, ncol,
                          BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < n
+    idx, mask = _block(n, BLOCK)
     row = coef_ptr + tl.load(cursor_ptr) * ncol
     alpha_next, neg_sigma_next, half_ds = tl.load(row + 2), tl.load(row + 3), tl.load(row + 4)
     xs = tl.load(xs_ptr + idx, mask=mask, other=0.0).to(half_ds.dtype)
@@ -113,7 +122,7 @@ def _heun_correct_kernel(xs_ptr, d_ptr, s_ptr, xin_ptr, coef_ptr, cursor_ptr, n,
 @triton.jit
 def _ggf_error_kernel(xh_ptr, xe_ptr, xp_ptr, out_ptr, tol_ptr, b, d,
                       USE_PREV: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    rows = _rows(ROWS)
     abs_tol, rel_tol = tl.load(tol_ptr), tl.load(tol_ptr + 1)
     acc = tl.zeros([ROWS, COLS], dtype=out_ptr.dtype.element_ty)
     for j in range(0, d, COLS):

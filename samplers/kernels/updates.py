@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from samplers.kernels.dispatch import Steps, use_fused
-from scorekit.sde import _per_sample
+from samplers.steps import langevin_move, step_from_norms
 
 
 def _kernels():
@@ -50,24 +50,6 @@ def em_update(x: Tensor, s: Tensor, steps: Steps, i: int, col: int = 0,
     return x.add_(steps.draw(x) if noise is None else noise, alpha=k3)
 
 
-def langevin_step_size(s: Tensor, z: Tensor, snr: float, snr_norm: str = "batch_mean",
-                       groups: int = 1) -> Tensor:
-    """Step sizes (B,) 2 (snr |z| / |s|)^2 (Song et al. 2021, Alg. 4) for scores and noise
-    (B, *D); "batch_mean" uses the mean norms of each of `groups` contiguous blocks."""
-    s_norm = s.flatten(1).norm(dim=1)
-    z_norm = z.flatten(1).norm(dim=1)
-    return _step_from_norms(s_norm, z_norm, snr, snr_norm, groups, s.dtype)
-
-
-def _step_from_norms(s_norm: Tensor, z_norm: Tensor, snr: float, snr_norm: str, groups: int,
-                     dtype: torch.dtype) -> Tensor:
-    if snr_norm == "batch_mean":  # score_sde: one step size for the batch (here: per block)
-        b = s_norm.shape[0]
-        s_norm = s_norm.view(groups, -1).mean(1).repeat_interleave(b // groups)
-        z_norm = z_norm.view(groups, -1).mean(1).repeat_interleave(b // groups)
-    return 2 * (snr * z_norm / s_norm.clamp_min(torch.finfo(dtype).tiny)) ** 2
-
-
 def langevin_update(x: Tensor, s: Tensor, steps: Steps, i: int, col: int, snr: float,
                     snr_norm: str, max_step: float | None = None,
                     noise: Tensor | None = None) -> Tensor:
@@ -80,7 +62,7 @@ def langevin_update(x: Tensor, s: Tensor, steps: Steps, i: int, col: int, snr: f
     if steps.fused:
         ops = _kernels()
         norms = ops.row_sq_norms(s, steps, noise)
-        e = steps.coefficient(col) * _step_from_norms(norms[:, 0].sqrt(), norms[:, 1].sqrt(),
+        e = steps.coefficient(col) * step_from_norms(norms[:, 0].sqrt(), norms[:, 1].sqrt(),
                                                       snr, snr_norm, 1, x.dtype)
         if max_step is not None:
             e = e.clamp(max=max_step)
@@ -90,15 +72,6 @@ def langevin_update(x: Tensor, s: Tensor, steps: Steps, i: int, col: int, snr: f
     s = _detached(s, x)
     z = steps.draw(x) if noise is None else noise
     return langevin_move(x, s, z, steps.rows[i][col], snr, snr_norm, max_step)
-
-
-def langevin_move(x: Tensor, s: Tensor, z: Tensor, a: float, snr: float, snr_norm: str,
-                  max_step: float | None = None) -> Tensor:
-    """PyTorch Langevin move of x in place (the `langevin_update` formula with given z)."""
-    e = a * langevin_step_size(s, z, snr, snr_norm)
-    if max_step is not None:
-        e = e.clamp(max=max_step)
-    return x.add_(_per_sample(e, x) * s).add_(_per_sample(torch.sqrt(2 * e), x) * z)
 
 
 def heun_predict(xs: Tensor, s1: Tensor, steps: Steps, i: int) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,9 @@
-"""Datasets: `make_dataset(name, ...)` returns train/test tensors and what is known about them."""
+"""Datasets: `make_dataset(name, ...)` returns train/test tensors and what is known about them.
+
+- `synthetic`: mixtures, moons, swiss roll, checkerboard; `boltzmann`: densities with a known
+  clean score; `images`: sklearn digits, scikit-image patches, a local image folder; `sudoku`:
+  generated grids and puzzles.
+"""
 
 from __future__ import annotations
 

@@ -13,38 +13,7 @@ import torch
 from torch import Tensor
 
 from scorekit.data.synthetic import gmm_params
-
-
-def quartic_well(n: int, k: float, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
-                 ) -> Tensor:
-    """Exact draws (n,) from `p(y) ∝ exp(-k (y^2 - 1)^2)` by rejection.
-
-    Since `(y^2 - 1)^2 = (|y| - 1)^2 (|y| + 1)^2 >= (|y| - 1)^2`,
-    `p~(y) <= exp(-k (|y| - 1)^2) <= E(y) := exp(-k (y - 1)^2) + exp(-k (y + 1)^2)`, and `E` is
-    `2 sqrt(pi / k)` times the proposal `(N(1, 1/2k) + N(-1, 1/2k)) / 2`; accept with `p~ / E`.
-    """
-    if not k > 0:
-        raise ValueError(f"k must be > 0, got {k}")
-    out = torch.empty(0, dtype=torch.float64, device=device)
-    while out.numel() < n:
-        m = 2 * (n - out.numel()) + 16
-        u = torch.rand(m, generator=generator, dtype=torch.float64, device=device)
-        z = torch.randn(m, generator=generator, dtype=torch.float64, device=device)
-        y = torch.where(u < 0.5, -1.0, 1.0).to(torch.float64) + z / math.sqrt(2 * k)
-        log_env = torch.logaddexp(-k * (y - 1) ** 2, -k * (y + 1) ** 2)
-        accept = torch.rand(m, generator=generator, dtype=torch.float64, device=device).log() \
-            < -k * (y * y - 1) ** 2 - log_env
-        out = torch.cat([out, y[accept]])
-    return out[:n].to(dtype)
-
-
-def quartic_well_log_norm(k: float) -> float:
-    """log of `int exp(-k (y^2 - 1)^2) dy` (trapezoid rule: spectrally accurate here)."""
-    half = math.sqrt(1 + math.sqrt(50 / k)) + 0.5  # k (y^2 - 1)^2 > 50 beyond: e^-50 tails
-    y = torch.linspace(-half, half, 40_001, dtype=torch.float64)
-    return math.log(float(torch.trapezoid(torch.exp(-k * (y * y - 1) ** 2), y)))
-
+from scorekit.processes.nonlinear import quartic_well
 
 # --- banana: x1 ~ N(0, a^2), x2 | x1 ~ N(b (x1^2 - a^2), s^2) -----------------------------------
 

@@ -1,4 +1,9 @@
-"""Score networks. Every model maps `(x, t) -> score`; parameterisations convert in `param.py`."""
+"""Score networks; every model maps `(x, t) -> score`.
+
+- `param`: `ScoreModel`, the one place a backbone's output (score, eps, x0, EDM) becomes a score.
+- `precond`: EDM's preconditioning; `mlp`: MLPs for points and small vectors; `unet`: the
+  diffusers UNet for images; `sudoku`: the Sudoku transformer of the Dirichlet solver.
+"""
 
 from scorekit.nets.mlp import MLP, MLPScore
 from scorekit.nets.param import PARAMETERIZATIONS, ScoreModel

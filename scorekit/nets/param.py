@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import SDE, Process, per_sample
+from scorekit.processes.predictions import scaled_score_from_x0
 
 PARAMETERIZATIONS = ("score", "eps", "x0", "edm")
 
@@ -38,15 +39,15 @@ class ScoreModel(nn.Module):
 
     def _raw(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Network output F plus per-sample (alpha, sigma, s = sigma/alpha), broadcast to x."""
-        alpha, sigma = self.sde._scales(t.to(x.dtype))
+        alpha, sigma = Process(self.sde).scales(t.to(x.dtype))
         level = sigma / alpha
         if self.precondition:
             c_in = torch.rsqrt(level**2 + self.sigma_data**2) / alpha
             c_noise = 0.25 * torch.log(level)
         else:
             c_in, c_noise = torch.ones_like(t, dtype=x.dtype), t.to(x.dtype)
-        out = self.net(x * _per_sample(c_in, x), c_noise)
-        return out, _per_sample(alpha, x), _per_sample(sigma, x), _per_sample(level, x)
+        out = self.net(x * per_sample(c_in, x), c_noise)
+        return out, per_sample(alpha, x), per_sample(sigma, x), per_sample(level, x)
 
     def scaled_score(self, x: Tensor, t: Tensor) -> Tensor:
         """sigma_t * grad log p_t(x) = -eps_hat; x: (B, *D), t: (B,) -> (B, *D).
@@ -55,10 +56,10 @@ class ScoreModel(nn.Module):
         it added, so the network learns only the deviation from it.
         """
         scaled = self._scaled_net_score(x, t)
-        ref = self.sde._reference_score(x, t)
+        ref = Process(self.sde).reference_score(x, t)
         if ref is None:
             return scaled
-        return scaled + _per_sample(self.sde._scales(t.to(x.dtype))[1], x) * ref
+        return scaled + per_sample(Process(self.sde).scales(t.to(x.dtype))[1], x) * ref
 
     def _scaled_net_score(self, x: Tensor, t: Tensor) -> Tensor:
         out, alpha, sigma, level = self._raw(x, t)
@@ -73,9 +74,9 @@ class ScoreModel(nn.Module):
         else:  # edm: D = c_skip x~ + c_out F, with c_skip, c_out of the rescaled noise level
             x0 = (sd2 / (level**2 + sd2)) * (x / alpha) + (level * self.sigma_data
                                                            * torch.rsqrt(level**2 + sd2)) * out
-        return (alpha * x0 - x) / sigma
+        return scaled_score_from_x0(x, x0, alpha, sigma)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Score grad_x log p_t(x); x: (B, *D), t: (B,) -> (B, *D)."""
-        alpha, sigma = self.sde._scales(t.to(x.dtype))
-        return self.scaled_score(x, t) / _per_sample(sigma, x)
+        alpha, sigma = Process(self.sde).scales(t.to(x.dtype))
+        return self.scaled_score(x, t) / per_sample(sigma, x)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from scorekit.nets.param import ScoreModel
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import SDE, Process
+from scorekit.processes.predictions import x0_from_scaled_score
 
 
 class EDMPrecond(ScoreModel):
@@ -26,5 +27,5 @@ class EDMPrecond(ScoreModel):
 
     def denoise(self, x: Tensor, t: Tensor) -> Tensor:
         """E[x0 | x_t] (Tweedie) from the preconditioned network; x: (B, *D) -> (B, *D)."""
-        alpha, sigma = (_per_sample(v, x) for v in self.sde._scales(t.to(x.dtype)))
-        return (x + sigma * self.scaled_score(x, t)) / alpha
+        alpha, sigma = Process(self.sde).scales(t.to(x.dtype))
+        return x0_from_scaled_score(x, self.scaled_score(x, t), alpha, sigma)

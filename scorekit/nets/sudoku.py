@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from scorekit.data.sudoku import UNITS
-from scorekit.dirichlet import JacobiDiffusion, gv_to_gx
+from scorekit.processes.dirichlet import JacobiDiffusion, gv_to_gx
 
 MIXERS = ("attention", "units")
 _EVIDENCE_FLOOR = -20.0  # log-probability floor of the evidence features (keeps inputs O(1))

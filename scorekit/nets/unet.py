@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from scorekit.nets.param import ScoreModel
-from scorekit.sde import SDE
+from scorekit.processes import SDE
 
 
 class UNet(nn.Module):

@@ -1,4 +1,11 @@
-"""Training objectives. Each is a callable `loss_fn(model, x0) -> scalar`."""
+"""Training objectives, one per module; each is a callable `loss_fn(model, x0) -> scalar`.
+
+- `dsm`: denoising score matching (sigma^2, likelihood and EDM weightings).
+- `tsm`: target score matching, for data whose clean score is known.
+- `local_dsm`: short-step DSM for processes with a non-linear drift.
+- `reflected`: DSM with the heat-kernel score of a reflected process.
+- `dirichlet`: DSM of Dirichlet diffusion on the simplex.
+"""
 
 from scorekit.objectives.dirichlet import DirichletDSM
 from scorekit.objectives.dsm import DSM, WEIGHTINGS

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scorekit.dirichlet import JacobiDiffusion, gx_to_gv, stick_breaking
+from scorekit.processes.dirichlet import JacobiDiffusion, gx_to_gv, stick_breaking
 
 Score = Callable[..., Tensor]
 

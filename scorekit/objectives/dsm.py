@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import SDE, Process, per_sample
 
 WEIGHTINGS = ("sigma2", "likelihood", "edm")
 Score = Callable[[Tensor, Tensor], Tensor]
@@ -30,7 +30,7 @@ def scaled_score(model: Score, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
     fn = getattr(model, "scaled_score", None)
     if fn is not None:
         return fn(x, t)
-    return _per_sample(sigma, x) * model(x, t)
+    return per_sample(sigma, x) * model(x, t)
 
 
 def batch_t(t: Tensor | float, x0: Tensor) -> Tensor:
@@ -49,8 +49,8 @@ def noised(obj, x0: Tensor, t: Tensor | float | None, noise: Tensor | None,
     t = batch_t(t, x0)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    alpha, sigma = obj.sde._marginal(t)
-    return t, noise, _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * noise, sigma
+    alpha, sigma = Process(obj.sde).marginal(t)
+    return t, noise, per_sample(alpha, x0) * x0 + per_sample(sigma, x0) * noise, sigma
 
 
 def check_linear(sde: SDE, objective: str) -> None:
@@ -116,7 +116,7 @@ class DSM:
                                 else getattr(sde, "sigma_data", 0.5))
         if importance_sampling:
             lo_hi = torch.tensor([t_min, sde.T], dtype=torch.float64)
-            self._c_lo, self._c_hi = sde._lw_cum(lo_hi).tolist()
+            self._c_lo, self._c_hi = Process(sde).lw_cum(lo_hi).tolist()
 
     # --- time sampling -------------------------------------------------------------------
     def is_normaliser(self) -> float:
@@ -127,7 +127,7 @@ class DSM:
                     device: torch.device | str | None = None) -> Tensor:
         """t ~ q(t) ∝ g(t)^2 / sigma_t^2 on [t_min, T] by inverting its CDF in float64: (n,)."""
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-        t = self.sde._lw_cum_inv(self._c_lo + u * (self._c_hi - self._c_lo))
+        t = Process(self.sde).lw_cum_inv(self._c_lo + u * (self._c_hi - self._c_lo))
         return t.clamp(self.t_min, self.sde.T)
 
     def sample_t(self, n: int, generator: torch.Generator | None = None,
@@ -153,8 +153,8 @@ class DSM:
         if self.weighting == "likelihood":
             if self.importance_sampling:
                 return torch.full_like(t, self.is_normaliser())
-            _, sigma = self.sde._marginal(t)
-            return self.sde._diffusion(t) ** 2 / sigma**2
+            _, sigma = Process(self.sde).marginal(t)
+            return Process(self.sde).diffusion(t) ** 2 / sigma**2
         level = self.sde.noise_level(t)
         return (level**2 + self.sigma_data**2) / self.sigma_data**2
 

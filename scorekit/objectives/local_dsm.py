@@ -29,7 +29,7 @@ from torch import Tensor
 
 from scorekit._validate import check_positive_int
 from scorekit.objectives.dsm import Score, batch_t, check_reduction, check_t_range, reduce
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import SDE, Process, per_sample
 
 __all__ = ["LocalDSM", "GaussianKernel", "KERNELS", "phi1", "drift_linearisation",
            "taylor_kernel", "euler_kernel", "exact_kernel"]
@@ -72,11 +72,11 @@ def drift_linearisation(sde: SDE, y: Tensor, s: Tensor, shape: tuple[int, ...]
     (B, d, d); y: (B, d) flattened from per-sample `shape`. Autograd with one backward pass per
     output coordinate (the drift acts on each sample separately, so row sums are per-sample)."""
     if sde.is_linear:
-        rate = sde._drift_rate(s)[:, None].expand_as(y)
+        rate = Process(sde).drift_rate(s)[:, None].expand_as(y)
         return rate * y, rate
     with torch.enable_grad():
         v = y.detach().requires_grad_(True)
-        f = sde._drift(v.reshape(-1, *shape), s).reshape(y.shape)
+        f = Process(sde).drift(v.reshape(-1, *shape), s).reshape(y.shape)
         if sde.elementwise:
             (diag,) = torch.autograd.grad(f.sum(), v)
             return f.detach(), diag
@@ -89,7 +89,7 @@ def taylor_kernel(sde: SDE, y_s: Tensor, s: Tensor, h: Tensor, shape: tuple[int,
                   ) -> GaussianKernel:
     """Gaussian of the drift linearised at y_s over [s, s + h] (module docstring); float64 in."""
     f, jac = drift_linearisation(sde, y_s, s, shape)
-    g2 = sde._diffusion(s) ** 2
+    g2 = Process(sde).diffusion(s) ** 2
     if jac.dim() == 2:
         z = jac * h[:, None]
         if bool((z > _MAX_JH).any()):
@@ -115,16 +115,16 @@ def taylor_kernel(sde: SDE, y_s: Tensor, s: Tensor, h: Tensor, shape: tuple[int,
 def euler_kernel(sde: SDE, y_s: Tensor, s: Tensor, h: Tensor, shape: tuple[int, ...]
                  ) -> GaussianKernel:
     """One Euler–Maruyama step as the transition: N(y_s + h f(y_s), g^2 h I)."""
-    f = sde._drift(y_s.reshape(-1, *shape), s).reshape(y_s.shape)
-    var = sde._diffusion(s) ** 2 * h
+    f = Process(sde).drift(y_s.reshape(-1, *shape), s).reshape(y_s.shape)
+    var = Process(sde).diffusion(s) ** 2 * h
     return GaussianKernel(y_s + h[:, None] * f, var[:, None].expand_as(y_s))
 
 
 def exact_kernel(sde: SDE, y_s: Tensor, s: Tensor, t: Tensor) -> GaussianKernel:
     """Exact transition of a linear process: N(a y_s, v I), a = alpha_t / alpha_s,
     v = sigma_t^2 - a^2 sigma_s^2."""
-    alpha_s, sigma_s = sde._marginal(s)
-    alpha_t, sigma_t = sde._marginal(t)
+    alpha_s, sigma_s = Process(sde).marginal(s)
+    alpha_t, sigma_t = Process(sde).marginal(t)
     a = alpha_t / alpha_s
     v = sigma_t**2 - a**2 * sigma_s**2
     return GaussianKernel(a[:, None] * y_s, v[:, None].expand_as(y_s))
@@ -185,10 +185,10 @@ class LocalDSM:
         if not sde.is_linear:
             y_s = self._simulate(x0, torch.zeros_like(s), s, "forward_steps", generator)
             return y_s, s, self._simulate(y_s, s, t, "substeps", generator)
-        alpha_s, sigma_s = sde._marginal(s)
+        alpha_s, sigma_s = Process(sde).marginal(s)
         eps_s, eps_t = (torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
                                     device=x0.device) for _ in range(2))
-        y_s = _per_sample(alpha_s, x0) * x0 + _per_sample(sigma_s, x0) * eps_s
+        y_s = per_sample(alpha_s, x0) * x0 + per_sample(sigma_s, x0) * eps_s
         k = exact_kernel(sde, y_s.flatten(1), s, t)
         y_t = k.mean + k.cov.sqrt() * eps_t.flatten(1)
         return y_s, s, y_t.reshape(x0.shape)
@@ -214,10 +214,10 @@ class LocalDSM:
         """lambda(s, t): the exact kernel variance v, else g(s)^2 (t - s); (B,), float64."""
         s64, t64 = s.double(), t.double()
         if self.kernel_name == "exact":
-            alpha_s, sigma_s = self.sde._marginal(s64)
-            alpha_t, sigma_t = self.sde._marginal(t64)
+            alpha_s, sigma_s = Process(self.sde).marginal(s64)
+            alpha_t, sigma_t = Process(self.sde).marginal(t64)
             return sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2
-        return self.sde._diffusion(s64) ** 2 * (t64 - s64)
+        return Process(self.sde).diffusion(s64) ** 2 * (t64 - s64)
 
     def target(self, y_t: Tensor, y_s: Tensor, s: Tensor, t: Tensor | float
                ) -> tuple[Tensor, Tensor]:
@@ -234,7 +234,7 @@ class LocalDSM:
         t = batch_t(t, x0)
         y_s, s, y_t = self.sample_pair(x0, t, generator)
         tau, lam = self.target(y_t, y_s, s, t)
-        resid = _per_sample(lam.sqrt(), y_t) * (model(y_t, t) - tau)
+        resid = per_sample(lam.sqrt(), y_t) * (model(y_t, t) - tau)
         return reduce(resid, self.reduction)
 
     def __call__(self, model: Score, x0: Tensor, t: Tensor | float | None = None,

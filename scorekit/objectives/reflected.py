@@ -13,7 +13,7 @@ from torch import Tensor
 
 from scorekit.objectives.dsm import Score, batch_t, check_reduction, check_t_range, reduce
 from scorekit.objectives.dsm import scaled_score as _scaled_score
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import SDE, Process, per_sample
 
 REFLECTED_WEIGHTINGS = ("sigma2", "likelihood")
 
@@ -51,7 +51,7 @@ class ReflectedDSM:
         """Multiplier of the sigma^2-weighted residual; t: (B,) -> (B,)."""
         if self.weighting == "sigma2":
             return torch.ones_like(t)
-        return self.sde._diffusion(t) ** 2 / self.sde._marginal(t)[1] ** 2
+        return Process(self.sde).diffusion(t) ** 2 / Process(self.sde).marginal(t)[1] ** 2
 
     def noised(self, x0: Tensor, t: Tensor | float | None = None,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,14 +61,14 @@ class ReflectedDSM:
         t = batch_t(t, x0)
         xt = self.sde._noise(x0, t, generator)
         _, target = self.sde._transition(xt, x0, t)
-        sigma = self.sde._marginal(t.to(torch.float64))[1]
-        return t, xt, (_per_sample(sigma, target) * target).to(x0.dtype)
+        sigma = Process(self.sde).marginal(t.to(torch.float64))[1]
+        return t, xt, (per_sample(sigma, target) * target).to(x0.dtype)
 
     def per_sample(self, model: Score, x0: Tensor, t: Tensor | float | None = None,
                    generator: torch.Generator | None = None) -> Tensor:
         """Per-sample losses (B,); `t` (B,) or a float fixes the time."""
         t, xt, target = self.noised(x0, t, generator)
-        sigma = self.sde._marginal(t)[1]
+        sigma = Process(self.sde).marginal(t)[1]
         resid = _scaled_score(model, xt, t, sigma) - target
         return self.weight(t) * reduce(resid, self.reduction)
 

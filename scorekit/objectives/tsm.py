@@ -34,7 +34,7 @@ from scorekit.objectives.dsm import (
     reduce,
     scaled_score,
 )
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import SDE, Process, per_sample
 
 MIXINGS = ("kappa", "tsm", "dsm")
 KappaFn = Callable[[Tensor, Tensor], Tensor]
@@ -73,7 +73,7 @@ class TSM:
         if max_score_norm is not None and not max_score_norm > 0:
             raise ValueError(f"max_score_norm must be null or > 0, got {max_score_norm}")
         self.t_min, self.t_max = check_t_range(sde, t_min, t_max)
-        alpha, sigma = sde._marginal(torch.tensor([self.t_max], dtype=torch.float64))
+        alpha, sigma = Process(sde).marginal(torch.tensor([self.t_max], dtype=torch.float64))
         if mixing == "tsm" and float(sigma / alpha) > 10:
             warnings.warn(f"pure TSM up to t_max={self.t_max:g} scales grad log p0 by "
                           f"sigma/alpha = {float(sigma / alpha):.3g}; consider mixing='kappa' or "
@@ -95,7 +95,7 @@ class TSM:
             return torch.ones_like(t), torch.zeros_like(t)
         if self.mixing == "dsm":
             return torch.zeros_like(t), torch.ones_like(t)
-        alpha, sigma = self.sde._marginal(t)
+        alpha, sigma = Process(self.sde).marginal(t)
         if self.kappa_fn is None:
             signal = (self.kappa_scale * alpha) ** 2
             return signal / (signal + sigma**2), sigma**2 / (signal + sigma**2)
@@ -117,25 +117,25 @@ class TSM:
                              f"{tuple(x0.shape)}")
         if self.max_score_norm is not None:
             norm = s0.flatten(1).norm(dim=1).clamp_min(torch.finfo(s0.dtype).tiny)
-            s0 = s0 * _per_sample((self.max_score_norm / norm).clamp(max=1.0), s0)
+            s0 = s0 * per_sample((self.max_score_norm / norm).clamp(max=1.0), s0)
         return s0
 
     def scaled_target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """sigma_t times the regression target: kappa (sigma / alpha) grad log p0(x0) -
         (1 - kappa) eps; x0, noise: (B, *D), t: (B,) -> (B, *D)."""
         kappa, one_minus = self._mix_weights(t)
-        out = -_per_sample(one_minus, noise) * noise
+        out = -per_sample(one_minus, noise) * noise
         if self.mixing != "dsm":
-            alpha, sigma = self.sde._marginal(t)
-            out = out + _per_sample(kappa * sigma / alpha, x0) * self.clean_score(x0)
+            alpha, sigma = Process(self.sde).marginal(t)
+            out = out + per_sample(kappa * sigma / alpha, x0) * self.clean_score(x0)
         return out
 
     def target(self, x0: Tensor, xt: Tensor, t: Tensor | float) -> Tensor:
         """Regression target for grad log p_t(xt) given its clean source x0: (B, *D)."""
         t = batch_t(t, x0)
-        alpha, sigma = self.sde._marginal(t)
-        noise = (xt - _per_sample(alpha, x0) * x0) / _per_sample(sigma, x0)
-        return self.scaled_target(x0, noise, t) / _per_sample(sigma, x0)
+        alpha, sigma = Process(self.sde).marginal(t)
+        noise = (xt - per_sample(alpha, x0) * x0) / per_sample(sigma, x0)
+        return self.scaled_target(x0, noise, t) / per_sample(sigma, x0)
 
     def per_sample(self, model: Score, x0: Tensor, t: Tensor | float | None = None,
                    noise: Tensor | None = None, generator: torch.Generator | None = None

@@ -18,7 +18,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import samplers
-from scorekit.config import ConfigError, split_named
 from scorekit.data import make_dataset
 from scorekit.data.sudoku import (
     augment,
@@ -31,11 +30,12 @@ from scorekit.data.sudoku import (
 )
 from scorekit.nets import make_model
 from scorekit.objectives import make_objective
-from scorekit.sde import make_sde
-from scorekit.train import Trainer
+from scorekit.processes import make_sde
+from scorekit.training.config import ConfigError, split_named
+from scorekit.training.trainer import Trainer
 
 
-class SudokuTrainer(Trainer):
+class SudokuTrainer(Trainer, data="sudoku"):
     """`SudokuTrainer(cfg, run_dir).run()`: fit, solve held-out puzzles, write metrics/plot."""
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
@@ -163,7 +163,7 @@ class SudokuTrainer(Trainer):
         }
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if e.plot:
-            from scorekit.plotting import sudoku_plot
+            from scorekit.evaluation.plotting import sudoku_plot
 
             sudoku_plot(per_clue, examples, out_dir / "samples.png",
                         loss_history=self.loss_history or None)

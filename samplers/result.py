@@ -1,21 +1,18 @@
-"""Shared pieces of every sampler: the result type, the NFE-counting score wrapper, time grids
-and the Tweedie denoising step."""
+"""What a solve returns and how it is accounted: samples with their counted NFE
+(`SampleResult`), the NFE-counting score wrapper (`CountingScore`) and the NaN/inf guard."""
 
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes import Score
 
-Score = Callable[[Tensor, Tensor], Tensor]
-GRIDS = ("uniform", "quadratic", "edm", "logsnr")
+__all__ = ["SampleResult", "CountingScore", "FiniteGuard", "NonFiniteError"]
 
 
 @dataclass
@@ -153,92 +150,3 @@ class CountingScore:
         if self.guard is not None:
             self.guard(s, t, self.calls)
         return s
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """`shape` as a tuple of ints (n, *D) with positive sizes, else ValueError naming it."""
-    try:
-        if isinstance(shape, bool) or any(isinstance(s, bool) for s in shape):
-            raise TypeError
-        dims = tuple(operator.index(s) for s in shape)  # ints, numpy / torch integers
-    except TypeError:
-        raise ValueError(f"shape must be (n, *D) with positive integer sizes, got "
-                         f"{shape!r}") from None
-    if len(dims) < 2 or any(s < 1 for s in dims):
-        raise ValueError(f"shape must be (n, *D) with positive integer sizes, got {shape!r}")
-    return dims
-
-
-def check_device_dtype(generator: torch.Generator | None, device: torch.device | str | None,
-                       dtype: torch.dtype) -> torch.device | str | None:
-    """Validate the sampling dtype and that `generator` lives on `device`; returns the device
-    to sample on (the generator's when `device` is None)."""
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), "
-                         f"got {dtype!r}")
-    if generator is None:
-        return device
-    if device is None:
-        return generator.device
-    if not _same_device(torch.device(device), generator.device):
-        raise ValueError(f"generator is on {generator.device} but device={device!s}; pass a "
-                         f"generator created on the sampling device")
-    return device
-
-
-def check_x_init(x_init: Tensor, shape: tuple[int, ...], device: torch.device | str | None,
-                 dtype: torch.dtype) -> Tensor:
-    """A user-given start point: right shape, on `device` (never moved), finite; cast to dtype."""
-    if not isinstance(x_init, Tensor):
-        raise TypeError(f"x_init must be a tensor, got {type(x_init).__name__}")
-    if tuple(x_init.shape) != shape:
-        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
-    if device is not None and not _same_device(torch.device(device), x_init.device):
-        raise ValueError(f"x_init is on {x_init.device} but device={device!s}; samplers do not "
-                         f"move data between devices")
-    x = x_init.to(dtype=dtype)
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        raise ValueError(f"x_init has {int(finite.logical_not().sum())} non-finite entries "
-                         f"(after the cast to {dtype})")
-    return x
-
-
-def time_grid(sde: SDE, steps: int, kind: str = "uniform", t_start: float | None = None,
-              t_end: float | None = None, rho: float = 7.0) -> Tensor:
-    """Decreasing float64 grid t_0 = t_start > ... > t_steps = t_end (steps + 1 points).
-
-    "uniform" in t; "quadratic" in sqrt(t - t_end) (denser near data); "edm" uniform in
-    s^(1/rho) with s = sigma/alpha (Karras et al. 2022, eq. 5); "logsnr" uniform in log(s).
-    """
-    if kind not in GRIDS:
-        raise ValueError(f"unknown grid {kind!r}; valid: {list(GRIDS)}")
-    t0 = float(sde.T if t_start is None else t_start)
-    t1 = float(sde.eps if t_end is None else t_end)
-    if not t1 < t0:
-        raise ValueError(f"grid needs t_end < t_start, got t_start={t0}, t_end={t1}")
-    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    if kind == "uniform":
-        grid = t0 + u * (t1 - t0)
-    elif kind == "quadratic":
-        grid = t1 + (t0 - t1) * (1 - u) ** 2
-    else:
-        s0, s1 = sde.noise_level(torch.tensor([t0, t1], dtype=torch.float64))
-        if kind == "edm":
-            level = (s0 ** (1 / rho) + u * (s1 ** (1 / rho) - s0 ** (1 / rho))) ** rho
-        else:
-            level = torch.exp(torch.log(s0) + u * (torch.log(s1) - torch.log(s0)))
-        grid = sde.t_of_noise_level(level)
-    grid[0], grid[-1] = t0, t1  # exact end points whatever the round trip did
-    return grid
-
-
-def tweedie(score: Score, sde: SDE, x: Tensor, t: float) -> Tensor:
-    """Posterior mean E[x0 | x_t] = (x + sigma_t^2 s(x, t)) / alpha_t; x: (B, *D)."""
-    tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-    alpha, sigma = sde._marginal(tt)
-    return (x + _per_sample(sigma**2, x) * score(x, tt)) / _per_sample(alpha, x)

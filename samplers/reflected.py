@@ -17,9 +17,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from samplers.base import Score, time_grid, tweedie
-from samplers.sde_solvers import DENOISE, _check_choice, check_pc_options, em_loop, pc_loop
-from scorekit.sde import SDE
+from samplers.em import em_loop
+from samplers.grids import TimeGrid
+from samplers.heun import heun_loop
+from samplers.loop import EAGER, Loop
+from samplers.pc import check_pc_options, pc_loop
+from samplers.steps import DENOISE, check_choice, em_coefficients, finish
+from scorekit.processes import SDE, Process, Score
+
+__all__ = ["reflected_em", "reflected_pc", "reflected_ode", "REFLECTED_METHODS",
+           "REFLECTED_ONLY"]
 
 # samplers.sample(method=...) on a reflected process: the unconstrained name -> the reflected one
 # ("reflected_ode" is only reachable by name: its options differ from "ode"'s).
@@ -37,36 +44,42 @@ def _check_start(sde: SDE, x: Tensor, method: str) -> None:
                          f"[{sde.lower:g}, {sde.upper:g}] of {sde!r}")
 
 
-def _finish(score: Score, sde: SDE, x: Tensor, x_mean: Tensor, denoise: str
-            ) -> tuple[Tensor, dict]:
+def _finish_in_box(score: Score, process: Process, x: Tensor, x_mean: Tensor, denoise: str
+                   ) -> tuple[Tensor, dict]:
+    """`samplers.steps.finish` kept in the box: the last mean folded, Tweedie's mean (whose
+    formula ignores the faces) clamped, with the clamped fraction reported."""
+    sde = process.sde
     if denoise == "tweedie":
-        x = tweedie(score, sde, x, sde.eps)
+        x = finish(score, process, x, x_mean, denoise)
         outside = (x < sde.lower) | (x > sde.upper)
         return x.clamp(sde.lower, sde.upper), {"clamped_fraction": float(outside.double().mean())}
     return (sde.fold(x_mean) if denoise == "mean" else x), {}
 
 
-def reflected_em(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000, grid: str = "uniform",
+def reflected_em(score: Score, sde: SDE, x: Tensor, *, steps: int | None = None, grid="uniform",
                  denoise: str = "mean", t_start: float | None = None,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+                 generator: torch.Generator | None = None, loop: Loop = EAGER
+                 ) -> tuple[Tensor, dict]:
     """Reflected Euler–Maruyama from x (in the box) at t_start (default T) to eps; x: (B, *D).
 
     x <- fold(x + h (g^2 s - f) + g sqrt(h) z). denoise: "mean" (fold of the last step without
     its noise; default), "none", or "tweedie" (x + sigma^2 s, clamped to the box, +1 NFE).
     """
-    _check_choice(denoise, DENOISE, "denoise")
+    check_choice(denoise, DENOISE, "denoise")
     _check_start(sde, x, "reflected_em")
-    ts = time_grid(sde, steps, grid, t_start=t_start)
-    x, x_mean = em_loop(score, sde, x, ts, generator, project=sde.fold)
-    x, info = _finish(score, sde, x, x_mean, denoise)
-    return x, {"grid": grid, **info}
+    process, grid = Process(sde), TimeGrid.of(grid)
+    ts = grid.build(process, grid.steps(steps, 1000), t_start)
+    x, x_mean = em_loop(score, process, x, ts, em_coefficients(process, ts), generator,
+                        loop=loop, project=sde.fold, keep_mean=True)
+    x, info = _finish_in_box(score, process, x, x_mean, denoise)
+    return x, {"grid": grid.name, **info}
 
 
-def reflected_pc(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000, grid: str = "uniform",
+def reflected_pc(score: Score, sde: SDE, x: Tensor, *, steps: int | None = None, grid="uniform",
                  predictor: str = "ancestral", corrector: str = "langevin", snr: float = 0.16,
                  n_corrector: int = 1, snr_norm: str = "batch_mean", denoise: str = "mean",
-                 t_start: float | None = None, generator: torch.Generator | None = None
-                 ) -> tuple[Tensor, dict]:
+                 t_start: float | None = None, generator: torch.Generator | None = None,
+                 loop: Loop = EAGER) -> tuple[Tensor, dict]:
     """Reflected predictor–corrector: at each t_i, `n_corrector` folded Langevin steps, then one
     folded predictor step ("ancestral": x + D s + sqrt(D) z with D = sigma_i^2 - sigma_{i+1}^2,
     or "em"). Langevin steps are capped at L^2 (L = box width). NFE = steps (n_corrector + 1)
@@ -74,35 +87,32 @@ def reflected_pc(score: Score, sde: SDE, x: Tensor, *, steps: int = 1000, grid: 
     """
     check_pc_options(predictor, corrector, snr, n_corrector, snr_norm, denoise)
     _check_start(sde, x, "reflected_pc")
-    ts = time_grid(sde, steps, grid, t_start=t_start)
+    process, grid = Process(sde), TimeGrid.of(grid)
+    ts = grid.build(process, grid.steps(steps, 1000), t_start)
     n_corr = n_corrector if corrector == "langevin" else 0
     # The score of a reflected process vanishes at high noise (~exp(-pi^2 tau)), where the
     # snr rule's step 2 (snr |z| / |s|)^2 overflows; a step of L^2 already re-spreads a sample
     # over the box, so steps are capped there. No drift: the Langevin scale a_i is 1.
-    x, x_mean = pc_loop(score, sde, x, ts, predictor, n_corr, snr, snr_norm, generator,
-                        project=sde.fold, max_step=sde.width**2)
-    x, info = _finish(score, sde, x, x_mean, denoise)
-    return x, {"grid": grid, "predictor": predictor, "corrector": corrector, "snr": snr, **info}
+    x, x_mean = pc_loop(score, process, x, ts, predictor, n_corr, snr, snr_norm, generator,
+                        loop=loop, project=sde.fold, max_step=sde.width**2,
+                        keep_mean=True)
+    x, info = _finish_in_box(score, process, x, x_mean, denoise)
+    return x, {"grid": grid.name, "predictor": predictor, "corrector": corrector, "snr": snr,
+               **info}
 
 
-def reflected_ode(score: Score, sde: SDE, x: Tensor, *, steps: int = 50, grid: str = "uniform",
+def reflected_ode(score: Score, sde: SDE, x: Tensor, *, steps: int | None = None, grid="uniform",
                   denoise: str = "none", t_start: float | None = None,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-    """Reflected PF-ODE by Heun's method in the noise level (EDM, Karras et al. 2022, Alg. 1 with
-    alpha = 1: dx/dsigma = -sigma s(x, t)), each stage folded; `steps` Heun steps from t_start
+                  generator: torch.Generator | None = None, loop: Loop = EAGER
+                  ) -> tuple[Tensor, dict]:
+    """Reflected PF-ODE by EDM's Heun steps in the noise level (`samplers.heun.heun_loop`; alpha
+    = 1: dx/dsigma = -sigma s(x, t)), each stage folded; `steps` Heun steps from t_start
     (default T) to eps, NFE = 2 steps (+1 with denoise="tweedie", clamped as above).
     """
-    _check_choice(denoise, ("none", "tweedie"), "denoise")
+    check_choice(denoise, ("none", "tweedie"), "denoise")
     _check_start(sde, x, "reflected_ode")
-    ts = time_grid(sde, steps, grid, t_start=t_start)
-    sigma = sde._marginal(ts)[1].tolist()
-    t_vec = ts.to(device=x.device, dtype=x.dtype)
-    b = x.shape[0]
-    for i in range(steps):
-        dsigma = sigma[i + 1] - sigma[i]
-        d = -sigma[i] * score(x, t_vec[i].expand(b))
-        x_euler = sde.fold(x + dsigma * d)
-        d_next = -sigma[i + 1] * score(x_euler, t_vec[i + 1].expand(b))
-        x = sde.fold(x + 0.5 * dsigma * (d + d_next))
-    x, info = _finish(score, sde, x, x, denoise)
-    return x, {"grid": grid, **info}
+    process, grid = Process(sde), TimeGrid.of(grid)
+    ts = grid.build(process, grid.steps(steps, 50), t_start)
+    x, _, _ = heun_loop(score, process, x, ts, use_triton=False, loop=loop, project=sde.fold)
+    x, info = _finish_in_box(score, process, x, x, denoise)
+    return x, {"grid": grid.name, **info}

@@ -13,9 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scorekit.sde import SDE, _as_t, _per_sample
+from scorekit.processes.base import SDE, as_t, check_range, per_sample
 
-__all__ = ["NonlinearSDE", "DoubleWellSDE", "NONLINEAR_SDES"]
+__all__ = ["NonlinearSDE", "DoubleWellSDE", "NONLINEAR_SDES", "quartic_well",
+           "quartic_well_log_norm"]
 
 
 class NonlinearSDE(SDE):
@@ -45,8 +46,7 @@ class NonlinearSDE(SDE):
         if isinstance(diffusion, bool) or not isinstance(diffusion, (int, float)) \
                 or not diffusion > 0:
             raise ValueError(f"diffusion must be a number > 0, got {diffusion!r}")
-        if not 0 < eps < T:
-            raise ValueError(f"need 0 < eps < T, got eps={eps}, T={T}")
+        check_range("eps", eps, "T", T)
         if not burn_in > 0 or not isinstance(burn_in_steps, int) or burn_in_steps < 1:
             raise ValueError(f"need burn_in > 0 and burn_in_steps >= 1, got burn_in={burn_in}, "
                              f"burn_in_steps={burn_in_steps}")
@@ -88,13 +88,13 @@ class NonlinearSDE(SDE):
         EM is explicit: with a superlinear drift it diverges once h |f'(x)| > 2 somewhere, which
         raises FloatingPointError rather than returning inf / NaN.
         """
-        t_from, t_to = _as_t(t_from, x), _as_t(t_to, x)
+        t_from, t_to = as_t(t_from, x), as_t(t_to, x)
         h = (t_to - t_from) / steps
-        hx = _per_sample(h, x)
+        hx = per_sample(h, x)
         for i in range(steps):
             t = t_from + i * h
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = x + hx * self._drift(x, t) + _per_sample(self._diffusion(t), x) * hx.sqrt() * z
+            x = x + hx * self._drift(x, t) + per_sample(self._diffusion(t), x) * hx.sqrt() * z
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"Euler–Maruyama with {steps} steps diverged (step "
                                      f"h |f'(x)| > 2 for some x): use more steps")
@@ -116,6 +116,38 @@ class NonlinearSDE(SDE):
         return self.prior_logp_fn(z)
 
 
+def quartic_well(n: int, k: float, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+                 ) -> Tensor:
+    """Exact draws (n,) from `p(y) ∝ exp(-k (y^2 - 1)^2)` by rejection.
+
+    Since `(y^2 - 1)^2 = (|y| - 1)^2 (|y| + 1)^2 >= (|y| - 1)^2`,
+    `p~(y) <= exp(-k (|y| - 1)^2) <= E(y) := exp(-k (y - 1)^2) + exp(-k (y + 1)^2)`, and `E` is
+    `2 sqrt(pi / k)` times the proposal `(N(1, 1/2k) + N(-1, 1/2k)) / 2`; accept with `p~ / E`.
+    """
+    if not k > 0:
+        raise ValueError(f"k must be > 0, got {k}")
+    out = torch.empty(0, dtype=torch.float64, device=device)
+    while out.numel() < n:
+        m = 2 * (n - out.numel()) + 16
+        u = torch.rand(m, generator=generator, dtype=torch.float64, device=device)
+        z = torch.randn(m, generator=generator, dtype=torch.float64, device=device)
+        y = torch.where(u < 0.5, -1.0, 1.0).to(torch.float64) + z / math.sqrt(2 * k)
+        log_env = torch.logaddexp(-k * (y - 1) ** 2, -k * (y + 1) ** 2)
+        accept = torch.rand(m, generator=generator, dtype=torch.float64, device=device).log() \
+            < -k * (y * y - 1) ** 2 - log_env
+        out = torch.cat([out, y[accept]])
+    return out[:n].to(dtype)
+
+
+def quartic_well_log_norm(k: float) -> float:
+    """log of `int exp(-k (y^2 - 1)^2) dy` (trapezoid rule: spectrally accurate here)."""
+    half = math.sqrt(1 + math.sqrt(50 / k)) + 0.5  # k (y^2 - 1)^2 > 50 beyond: e^-50 tails
+    y = torch.linspace(-half, half, 40_001, dtype=torch.float64)
+    return math.log(float(torch.trapezoid(torch.exp(-k * (y * y - 1) ** 2), y)))
+
+
+
 class DoubleWellSDE(NonlinearSDE):
     """Overdamped Langevin process in the quartic double well `U(y) = barrier (y^2 - 1)^2` per
     coordinate: `dy = -U'(y) dt + g dW`. Its stationary law `∝ exp(-2 U / g^2)` (wells at ±1) is
@@ -130,8 +162,6 @@ class DoubleWellSDE(NonlinearSDE):
         if not barrier > 0 or not diffusion > 0:
             raise ValueError(f"need barrier > 0 and diffusion > 0, got barrier={barrier}, "
                              f"diffusion={diffusion}")
-        from scorekit.data.boltzmann import quartic_well_log_norm
-
         self.barrier = float(barrier)
         self._k = 2 * self.barrier / float(diffusion) ** 2
         self._log_norm = quartic_well_log_norm(self._k)
@@ -149,8 +179,6 @@ class DoubleWellSDE(NonlinearSDE):
     def _stationary(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                     device: torch.device | str | None = None, dtype: torch.dtype | None = None
                     ) -> Tensor:
-        from scorekit.data.boltzmann import quartic_well
-
         y = quartic_well(math.prod(shape), self._k, generator, torch.float64, device)
         return y.reshape(shape).to(dtype or torch.get_default_dtype())
 

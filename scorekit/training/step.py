@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from scorekit import distributed
-from scorekit.config import ConfigError
+from scorekit.training import distributed
+from scorekit.training.config import ConfigError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

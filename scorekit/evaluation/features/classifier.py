@@ -93,11 +93,11 @@ def train(settings: dict = SETTINGS) -> tuple[DigitsCNN, float]:
 def load_or_train(path: str | Path | None = None) -> tuple[DigitsCNN, dict]:
     """The cached classifier at `path` (default `default_path()`), training and writing it
     atomically first if the file is absent. Returns (net in eval mode, metadata)."""
-    from scorekit import checkpoint as ckpt
+    from scorekit import io
 
     path = Path(path) if path is not None else default_path()
     if path.exists():
-        tensors, meta = ckpt.load(path)
+        tensors, meta = io.load(path)
         if meta.get("settings") != SETTINGS:
             raise ValueError(f"classifier weights {path} were trained with settings "
                              f"{meta.get('settings')}, expected {SETTINGS}; delete the file")
@@ -106,5 +106,5 @@ def load_or_train(path: str | Path | None = None) -> tuple[DigitsCNN, dict]:
         return net.eval().requires_grad_(False), meta
     net, acc = train()
     meta = {"settings": SETTINGS, "test_accuracy": acc}
-    ckpt.save(path, net.state_dict(), meta)
+    io.save(path, net.state_dict(), meta)
     return net.requires_grad_(False), meta

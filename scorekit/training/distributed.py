@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from scorekit.config import ConfigError
+from scorekit.training.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Sampling and evaluation of a trained run: the sampler section (with teleportation), samples
 in memory or streamed to disk, and `metrics.json` / `samples.png` against held-out data.
 
-`SamplingMixin` is part of `scorekit.train.Trainer`; it reads the trainer's `cfg`, `data`,
+`SamplingMixin` is part of `scorekit.training.Trainer`; it reads the trainer's `cfg`, `data`,
 `sde`, `model`, `ema`, `run_dir`, `device`, `dtype`, training counters and its per-rank cache
 of fitted teleports (`_teleports`).
 """
@@ -16,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import samplers
-from scorekit import checkpoint as ckpt
-from scorekit.config import ConfigError, split_named
-from scorekit.metrics import frechet_distance, mmd, mode_metrics, sliced_wasserstein
+from scorekit import io
+from scorekit._validate import ConfigError, split_named
+from scorekit.evaluation.metrics import frechet_distance, mmd, mode_metrics, sliced_wasserstein
 
 
 class SamplingMixin:
@@ -123,9 +123,9 @@ class SamplingMixin:
                            out_of_range_elements=float(out.double().mean()))
         if self.data.has_exact_score:  # mode weights / widths against the known mixture
             metrics.update(mode_metrics(x.flatten(1), self.data.exact_score(self.sde)))
-        ckpt.write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+        io.write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         if e.plot:
-            from scorekit.plotting import save_samples_plot
+            from scorekit.evaluation.plotting import save_samples_plot
 
             save_samples_plot(x, test, out_dir / "samples.png", kind=self.data.kind,
                               loss_history=self.loss_history or None,

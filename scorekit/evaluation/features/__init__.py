@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorekit.features.stats import FeatureStats
+from scorekit.evaluation.features.stats import FeatureStats
 
 __all__ = ["FeatureExtractor", "FeatureStats", "KINDS", "INCEPTION_ENV", "INCEPTION_FILES"]
 
@@ -47,10 +47,10 @@ def _inception_weights(weights: str | Path | None) -> Path:
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
-    from scorekit import checkpoint as ckpt
+    from scorekit import io
 
-    if ckpt.is_pickle(path):
-        return ckpt.load(path, allow_pickle=True)[0]  # torch.load(weights_only=True)
+    if io.is_pickle(path):
+        return io.load(path, allow_pickle=True)[0]  # torch.load(weights_only=True)
     from safetensors.torch import load_file
 
     return load_file(str(path))
@@ -82,7 +82,7 @@ class FeatureExtractor(nn.Module):
         self.info: dict = {"kind": kind}
         self.net: nn.Module | None = None
         if kind == "inception":
-            from scorekit.features.inception import FIDInceptionV3
+            from scorekit.evaluation.features.inception import FIDInceptionV3
 
             path = _inception_weights(weights)
             net = FIDInceptionV3()
@@ -95,7 +95,7 @@ class FeatureExtractor(nn.Module):
             self.info.update(weights=str(path), sha256=_sha256(path), resize="tf1-bilinear-299",
                              quantize="uint8")
         elif kind == "classifier":
-            from scorekit.features import classifier
+            from scorekit.evaluation.features import classifier
 
             path = Path(weights).expanduser() if weights is not None else classifier.default_path()
             self.net, meta = classifier.load_or_train(path)

@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from scorekit._validate import check_score_input
-from scorekit.sde import SDE, _per_sample
+from scorekit.processes.base import SDE, Process, per_sample
+from scorekit.processes.predictions import score_from_x0
 
 __all__ = ["EmpiricalScore", "KERNELS"]
 
@@ -232,7 +233,7 @@ class EmpiricalScore(nn.Module):
         x: (B, *D), t: (B,) -> (B, *D)."""
         check_score_input(x, t, self.dim, self.sde, self.data.device)
         b, d = x.shape[0], self.dim
-        alpha, sigma = self.sde._marginal(t.to(x.dtype))
+        alpha, sigma = Process(self.sde).marginal(t.to(x.dtype))
         rows = x.reshape(b, d)
         m = max(self.n_smooth, 1)
         if self.n_smooth:
@@ -245,20 +246,20 @@ class EmpiricalScore(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Score (alpha m_s(x) - x) / sigma^2; x: (B, *D), t: (B,) -> (B, *D)."""
         m = self.denoise(x, t)  # validates x and t
-        alpha, sigma = self.sde._marginal(t.to(x.dtype))
-        return (_per_sample(alpha, x) * m - x) / _per_sample(sigma, x) ** 2
+        alpha, sigma = Process(self.sde).marginal(t.to(x.dtype))
+        return score_from_x0(x, m, alpha, sigma)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """Probability-flow velocity dx/dt = alpha' m + sigma' (x - alpha m) / sigma (the
         expected velocity of x_t = alpha x0 + sigma noise); x: (B, *D), t: (B,) -> (B, *D)."""
         with torch.enable_grad():  # alpha', sigma' by autograd: each is per-sample in t
             tt = t.detach().to(x.dtype).requires_grad_(True)
-            alpha, sigma = self.sde._marginal(tt)
+            alpha, sigma = Process(self.sde).marginal(tt)
             d_alpha, d_sigma = (torch.autograd.grad(v.sum(), tt, retain_graph=True)[0]
                                 for v in (alpha, sigma))
-        a, s = _per_sample(alpha.detach(), x), _per_sample(sigma.detach(), x)
+        a, s = per_sample(alpha.detach(), x), per_sample(sigma.detach(), x)
         m = self.denoise(x, t)
-        return _per_sample(d_alpha, x) * m + _per_sample(d_sigma, x) * (x - a * m) / s
+        return per_sample(d_alpha, x) * m + per_sample(d_sigma, x) * (x - a * m) / s
 
     def extra_repr(self) -> str:
         return (f"N={self.data.shape[0]}, d={self.dim}, smoothing={self.smoothing:g}, "

@@ -1,0 +1,64 @@
+"""Validation of what users pass to the sampling entry points (shapes, dtypes, devices, starts),
+with messages that name the bad value."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_shape", "check_device_dtype", "check_x_init"]
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape` as a tuple of ints (n, *D) with positive sizes, else ValueError naming it."""
+    try:
+        if isinstance(shape, bool) or any(isinstance(s, bool) for s in shape):
+            raise TypeError
+        dims = tuple(operator.index(s) for s in shape)  # ints, numpy / torch integers
+    except TypeError:
+        raise ValueError(f"shape must be (n, *D) with positive integer sizes, got "
+                         f"{shape!r}") from None
+    if len(dims) < 2 or any(s < 1 for s in dims):
+        raise ValueError(f"shape must be (n, *D) with positive integer sizes, got {shape!r}")
+    return dims
+
+
+def check_device_dtype(generator: torch.Generator | None, device: torch.device | str | None,
+                       dtype: torch.dtype) -> torch.device | str | None:
+    """Validate the sampling dtype and that `generator` lives on `device`; returns the device
+    to sample on (the generator's when `device` is None)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), "
+                         f"got {dtype!r}")
+    if generator is None:
+        return device
+    if device is None:
+        return generator.device
+    if not _same_device(torch.device(device), generator.device):
+        raise ValueError(f"generator is on {generator.device} but device={device!s}; pass a "
+                         f"generator created on the sampling device")
+    return device
+
+
+def check_x_init(x_init: Tensor, shape: tuple[int, ...], device: torch.device | str | None,
+                 dtype: torch.dtype) -> Tensor:
+    """A user-given start point: right shape, on `device` (never moved), finite; cast to dtype."""
+    if not isinstance(x_init, Tensor):
+        raise TypeError(f"x_init must be a tensor, got {type(x_init).__name__}")
+    if tuple(x_init.shape) != shape:
+        raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
+    if device is not None and not _same_device(torch.device(device), x_init.device):
+        raise ValueError(f"x_init is on {x_init.device} but device={device!s}; samplers do not "
+                         f"move data between devices")
+    x = x_init.to(dtype=dtype)
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise ValueError(f"x_init has {int(finite.logical_not().sum())} non-finite entries "
+                         f"(after the cast to {dtype})")
+    return x

@@ -1,0 +1,394 @@
+"""Trainer: data -> process -> objective -> network -> checkpoint -> sampler -> metrics/plot.
+
+`Trainer(cfg, run_dir).run()` trains with Adam, EMA and gradient clipping, writes atomic
+safetensors checkpoints (`checkpoints/last.safetensors`, the one before kept as
+`prev.safetensors`) holding model, EMA, optimizer and RNG state, resumes bit-for-bit from them
+(from `prev` with a warning when `last` is missing or corrupted), and finishes by sampling and
+writing `samples.png` and `metrics.json` to the run directory. A non-finite loss stops training
+with an error naming the step before anything is checkpointed; `trainer.skip_nonfinite=N`
+skips up to N such batches instead. The step itself (chunked batches, gradient accumulation,
+mixed precision, EMA) is `scorekit.training.step`; under `torchrun` every rank trains a DDP
+replica and rank 0 alone writes files (`scorekit.training.distributed`). SIGTERM / SIGINT stop
+training after the current step with a checkpoint (`scorekit.training.signals.StopRequested`).
+`model=closed_form` builds an `EmpiricalScore` from the training data instead of a network:
+nothing is trained and the checkpoint holds the data. Sampling and evaluation (`sample`,
+`sample_to_disk`, `evaluate`) live in `scorekit.evaluation.sampling`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import samplers
+from scorekit import io
+from scorekit._validate import check_kwargs
+from scorekit.data import make_dataset
+from scorekit.evaluation.sampling import SamplingMixin
+from scorekit.nets import make_model
+from scorekit.objectives import make_objective
+from scorekit.processes import make_sde
+from scorekit.scores.empirical import EmpiricalScore
+from scorekit.training import distributed
+from scorekit.training.checkpoint import (
+    load_module,
+    load_optimizer,
+    module_tensors,
+    optimizer_state,
+)
+from scorekit.training.config import ConfigError, split_named, validate
+from scorekit.training.loggers import WandbLogger
+from scorekit.training.signals import SignalFlag, StopRequested
+from scorekit.training.step import StepMixin
+
+# Sections whose values must agree between a checkpoint and the config that loads it.
+_MODEL_DEFINING = ("data", "sde", "model")
+CKPT_NAME = "last.safetensors"
+PREV_NAME = "prev.safetensors"  # the checkpoint before `last`, kept for a corrupted `last`
+CLOSED_FORM = "closed_form"  # model name of the training-free EmpiricalScore
+
+
+def _diff_configs(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested dicts."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff_configs(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint {a!r} vs config {b!r}")
+    return out
+
+
+class Trainer(StepMixin, SamplingMixin):
+    """Builds every component from a validated config; see `configs/config.yaml`.
+
+    A task with its own batches and evaluation subclasses it with `data="<dataset name>"`
+    (`class SudokuTrainer(Trainer, data="sudoku")`), which registers it in `Trainer.tasks` for
+    `trainer_class` and `from_run_dir`.
+    """
+
+    tasks: ClassVar[dict[str, type[Trainer]]] = {}
+
+    def __init_subclass__(cls, data: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if data is not None:
+            Trainer.tasks[data] = cls
+
+    def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
+                 save_config: bool = True):
+        cfg = self._init_run(cfg, run_dir)
+        name, params = split_named(cfg.data)
+        self.data = make_dataset(name, seed=cfg.seed, **params)
+        self.train_x = self.data.train.to(self.device, self.dtype)
+        name, params = split_named(cfg.sde)
+        self.sde = make_sde(name, **params)
+        if getattr(self.sde, "is_reflected", False):
+            self._check_in_box()
+        name, params = split_named(cfg.model)
+        # model=closed_form: the score is computed from the training data (objectives §7); no
+        # network, optimizer or EMA, and fit() only caches the data as the checkpoint.
+        self.closed_form = name == CLOSED_FORM
+        if self.closed_form:
+            check_kwargs(EmpiricalScore, params, where=f"model '{name}'",
+                         exclude=("data", "sde", "seed"))
+            self.model = EmpiricalScore(self.data.train, self.sde, seed=cfg.seed, **params)
+        else:
+            if params.get("sigma_data", "auto") in ("auto", None):
+                params["sigma_data"] = float(self.data.train.std())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)  # seeded network initialisation, global RNG untouched
+                self.model = make_model(name, self.data.dim, self.sde,
+                                        sample_shape=self.data.sample_shape, **params)
+        self.model.to(self.device, self.dtype)
+        name, params = split_named(cfg.objective)
+        data_score = self.data.score if self.data.has_clean_score else None
+        self.objective = make_objective(name, self.sde, data_score=data_score, **params)
+        self._init_training(save_config)
+
+    def _init_run(self, cfg: DictConfig | dict, run_dir: str | Path | None) -> DictConfig:
+        """Validated config, ranks, device, run directory (rank 0's) and dtype (shared by every
+        trainer)."""
+        self.cfg = validate(cfg)
+        self.dist = distributed.init_from_env()
+        self.device = distributed.resolve_device(self.cfg.device, self.dist)
+        run_dir = str(run_dir if run_dir is not None else Path.cwd())
+        self.run_dir = Path(self.dist.broadcast_str(run_dir, self.device))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dtype = getattr(torch, self.cfg.dtype)
+        return self.cfg
+
+    def _init_training(self, save_config: bool) -> None:
+        """EMA, optimizer, RNGs, counters and step set-up for `self.model` (built by the
+        subclass's init)."""
+        t = self.cfg.trainer
+        if self.closed_form:
+            self.ema, self.optimizer = self.model, None
+        else:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr,
+                                              weight_decay=t.weight_decay)
+        self.data_gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.step = 0
+        self.loss_history: list[float] = []  # mean loss of each log interval
+        self.skipped: list[int] = []  # steps whose batch had a non-finite loss (skip_nonfinite)
+        self._losses: list[torch.Tensor] = []  # losses since the last log (checkpointed too)
+        self.train_time = 0.0
+        self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
+        self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
+        if not self.closed_form:
+            self._init_step()
+        if save_config and self.dist.is_main:
+            io.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
+
+    def _check_in_box(self) -> None:
+        """A reflected process lives on its box: the training data must lie in it."""
+        lo, hi = float(self.data.train.min()), float(self.data.train.max())
+        if lo < self.sde.lower or hi > self.sde.upper:
+            raise ConfigError(f"data '{self.data.name}' spans [{lo:g}, {hi:g}], outside the box "
+                              f"[{self.sde.lower:g}, {self.sde.upper:g}] of sde=reflected: set "
+                              "sde.lower / sde.upper (or the data's range, e.g. data.low=0 for "
+                              "digits)")
+
+    # --- checkpoints ---------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "checkpoints" / CKPT_NAME
+
+    @staticmethod
+    def _checkpoint_file(path: str | Path) -> Path:
+        """A checkpoint file, or a run dir's `checkpoints/last.safetensors`."""
+        path = Path(path)
+        return path / "checkpoints" / CKPT_NAME if path.is_dir() else path
+
+    @staticmethod
+    def _previous_of(path: Path) -> Path | None:
+        """Where the checkpoint before `path` is kept (only for the rotating `last` file)."""
+        return path.with_name(PREV_NAME) if path.name == CKPT_NAME else None
+
+    def _model_config(self) -> dict[str, Any]:
+        return {k: OmegaConf.to_container(self.cfg[k]) for k in _MODEL_DEFINING}
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the training state to `path` (default `checkpoints/last.safetensors`). Under
+        torchrun every rank calls it, rank 0 writes, and all return once the file is there."""
+        path = Path(path) if path is not None else self.ckpt_path
+        if self.dist.is_main:
+            tensors, meta = self._checkpoint_state()
+            io.save(path, tensors, meta, previous=self._previous_of(path))
+        self.dist.barrier()
+        return path
+
+    def _checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if self.closed_form:  # the cached training data (and smoothing bank) are the model
+            meta = {"step": 0, "loss_history": [], "config": self._model_config(),
+                    "train_time": self.train_time, "format": "scorekit-closed-form-1"}
+            return module_tensors(self.model, "model"), meta
+        opt_tensors, opt_meta = optimizer_state(self.optimizer)
+        # No noise generator state: each chunk's noise is seeded from (seed, batch, chunk).
+        tensors = {**module_tensors(self.model, "model"),
+                   **module_tensors(self.ema, "ema"), **opt_tensors,
+                   "rng.data": self.data_gen.get_state()}
+        if self._losses:  # the current log interval's losses: a resumed run logs the same means
+            tensors["losses.pending"] = torch.stack(self._losses)
+        meta = {"step": self.step, "loss_history": self.loss_history, "optim": opt_meta,
+                "config": self._model_config(), "train_time": self.train_time,
+                "skipped": self.skipped, "format": "scorekit-train-1"}
+        if self.scaler.is_enabled():  # fp16 loss scale and growth counter: exact resume
+            meta["scaler"] = self.scaler.state_dict()
+        return tensors, meta
+
+    def load_checkpoint(self, path: str | Path, weights_only: bool = False,
+                        allow_pickle: bool | None = None) -> Path:
+        """Restore from `path` (a checkpoint file or a run dir); raises on any mismatch.
+
+        A missing or unreadable `last.safetensors` falls back to `prev.safetensors` with a
+        warning; returns the file actually read. Pickle files load only with `allow_pickle`
+        (default `trainer.allow_pickle`), as weights (`weights_only=True`) of a state_dict.
+        """
+        path = self._checkpoint_file(path)
+        allow = self.cfg.trainer.allow_pickle if allow_pickle is None else allow_pickle
+        tensors, meta, used = io.load_latest(path, self._previous_of(path), allow)
+        self._resume_checked = True  # an explicit load wins over `trainer.resume`
+        if "config" not in meta:  # a bare state_dict (pickle): weights without training state
+            tensors = self._foreign_weights(tensors, used, weights_only)
+        else:
+            diffs = _diff_configs(meta["config"], self._model_config())
+            if diffs:
+                raise io.CheckpointError(f"checkpoint {used} does not match the config: "
+                                           + "; ".join(diffs[:6]))
+        load_module(self.model, tensors, "model", str(used))
+        if self.closed_form:
+            return used
+        load_module(self.ema, tensors, "ema", str(used))
+        if weights_only:
+            return used
+        load_optimizer(self.optimizer, tensors, meta["optim"])
+        self.data_gen.set_state(tensors["rng.data"])
+        if self.scaler.is_enabled() and "scaler" in meta:
+            self.scaler.load_state_dict(meta["scaler"])
+        self.step = int(meta["step"])
+        self.loss_history = list(meta["loss_history"])
+        self.train_time = float(meta.get("train_time", 0.0))
+        self.skipped = list(meta.get("skipped", []))
+        pending = tensors.get("losses.pending")
+        self._losses = [] if pending is None else list(pending.to(self.device).unbind())
+        return used
+
+    def _foreign_weights(self, tensors: dict[str, torch.Tensor], source: Path,
+                         weights_only: bool) -> dict[str, torch.Tensor]:
+        """Model (and EMA) tensors of a plain state_dict, keyed as in our checkpoints."""
+        if not weights_only:
+            raise io.CheckpointError(
+                f"{source} holds weights only (no step, optimizer or RNG state, no config to "
+                f"check against); load it with weights_only=True, not to resume training")
+        warnings.warn(f"{source} carries no config: only tensor names and shapes are checked",
+                      stacklevel=3)
+        if not any(k.startswith("model.") for k in tensors):
+            tensors = {f"model.{k}": v for k, v in tensors.items()}
+        if not any(k.startswith("ema.") for k in tensors):
+            tensors.update({"ema." + k[6:]: v for k, v in tensors.items()
+                            if k.startswith("model.")})
+        return tensors
+
+    def _maybe_resume(self) -> None:
+        if self._resume_checked:
+            return
+        self._resume_checked = True
+        resume = self.cfg.trainer.resume
+        if resume is False or resume is None or resume == "false":
+            return
+        path = self.ckpt_path if resume is True or resume == "true" else Path(str(resume))
+        path = self._checkpoint_file(path)
+        if path == self.ckpt_path and self.dist.is_main:
+            io.remove_stale_temps(path)  # left by a process killed while writing
+        prev = self._previous_of(path)
+        if resume is True and not path.exists() and not (prev and prev.exists()):
+            self._print(f"resume: no checkpoint at {path}; starting from step 0")
+            return
+        used = self.load_checkpoint(path)  # every rank reads it: the run dir must be shared
+        self.dist.barrier()
+        if used != path and path.exists() and self.dist.is_main:
+            # Moved aside so that the next save does not rotate it over the good `prev`.
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+        self._print(f"resumed from {used} at step {self.step}")
+
+    # --- training --------------------------------------------------------------------------
+    def _check_losses(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """Stack the losses of the steps up to `self.step`; raise naming the first non-finite
+        one (read here, once per log interval or checkpoint, not every step)."""
+        vals = torch.stack(losses)
+        finite = torch.isfinite(vals)
+        if not bool(finite.all()):
+            i = int(finite.logical_not().nonzero()[0, 0])
+            step = self.step - len(losses) + 1 + i
+            raise FloatingPointError(
+                f"training loss is {float(vals[i])} at step {step}; stopped before "
+                f"checkpointing it (the last checkpoint is from an earlier step). Lower "
+                f"trainer.lr, set trainer.grad_clip, or set trainer.skip_nonfinite=N to skip up "
+                f"to N such batches")
+        return vals
+
+    def fit(self, until: int | None = None, logger: WandbLogger | None = None,
+            max_time_s: float | None = None) -> None:
+        """Train up to `trainer.steps` (or stop early at step `until`, e.g. to test resume, or
+        once the run's total training time reaches `max_time_s`, checkpointing there). On
+        SIGTERM / SIGINT: checkpoint after the current step and raise `StopRequested`."""
+        t = self.cfg.trainer
+        if self.closed_form:
+            self._print(f"model=closed_form has no training step (trainer.steps={t.steps} "
+                        f"ignored); caching the {self.data.train.shape[0]} training points")
+            start = time.perf_counter()
+            self.save_checkpoint()
+            self.train_time += time.perf_counter() - start
+            return
+        self._maybe_resume()
+        if max_time_s is not None and self.train_time >= max_time_s:
+            return  # the time budget is spent (e.g. a finished budgeted run being re-evaluated)
+        end = t.steps if until is None else min(until, t.steps)
+        self.model.train()
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.dist.is_main),
+                   desc="train", dynamic_ncols=True)
+        start = time.perf_counter()
+        with SignalFlag() as stop, bar:
+            while self.step < end:
+                loss = self.train_step()
+                if loss is None:
+                    if logger is not None:
+                        logger.log({"skipped_batches": len(self.skipped)}, step=self.step + 1)
+                    continue
+                self._losses.append(loss)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    # one host sync per log interval, not per step
+                    mean = float(self._check_losses(self._losses).mean())
+                    self.loss_history.append(mean)
+                    bar.set_postfix(loss=f"{mean:.4g}")
+                    if logger is not None:
+                        logger.log({"loss": mean, "lr": self._lr(self.step - 1)}, step=self.step)
+                    self._losses = []
+                out_of_time = (max_time_s is not None
+                               and self.train_time + time.perf_counter() - start >= max_time_s)
+                # Ranks stop together: a signal to any of them, or any one's clock, stops all.
+                signum, out_of_time = self.dist.max_of([stop.signum, out_of_time], self.device)
+                if self.step % t.ckpt_every == 0 or self.step == t.steps or out_of_time or signum:
+                    if self._losses:
+                        self._check_losses(self._losses)  # never checkpoint a diverged state
+                    self.train_time += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.save_checkpoint()
+                if signum:
+                    raise StopRequested(int(signum), self.step, self.ckpt_path)
+                if out_of_time:
+                    break
+        self.train_time += time.perf_counter() - start
+
+    def run(self) -> dict[str, Any]:
+        """Train (resuming if asked), then evaluate; returns the metrics. Under torchrun rank 0
+        alone logs and evaluates; the other ranks return {} after training."""
+        lg = self.cfg.logger
+        logger = WandbLogger(lg.mode if self.dist.is_main else "disabled", lg.project,
+                             self.run_dir, config=OmegaConf.to_container(self.cfg),
+                             name=self.cfg.name, tags=list(lg.tags))
+        try:
+            self.fit(logger=logger)
+            if not self.dist.is_main:
+                return {}
+            metrics = self.evaluate()
+            logger.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        finally:
+            logger.finish()
+        return metrics
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, checkpoint: str | Path | None = None,
+                     **overrides: Any) -> Trainer:
+        """Rebuild a trained run from its saved `config.yaml` and load its weights."""
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{run_dir} has no config.yaml; is it a scorekit run dir?")
+        cfg = OmegaConf.load(cfg_path)
+        cfg.trainer.resume = False
+        cfg = OmegaConf.merge(cfg, overrides)
+        klass = trainer_class(cfg) if cls is Trainer else cls
+        trainer = klass(cfg, run_dir=run_dir, save_config=False)
+        path = Path(checkpoint or trainer.ckpt_path)
+        # A pickle state_dict (trainer.allow_pickle) has weights only; ours restore everything.
+        trainer.load_checkpoint(path, weights_only=path.is_file() and io.is_pickle(path))
+        return trainer
+
+
+def trainer_class(cfg: DictConfig | dict) -> type[Trainer]:
+    """The trainer for a config: the task trainer registered for its data (`SudokuTrainer` for
+    Sudoku grids), else `Trainer`."""
+    data = cfg.get("data") or {}
+    return Trainer.tasks.get(data.get("name"), Trainer)
