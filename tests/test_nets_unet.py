@@ -19,7 +19,12 @@ def test_unet_shapes_and_dtypes(param):
     out = model(x, t)
     assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     out64 = model.double()(x.double(), t.double())
-    assert out64.dtype == torch.float64 and torch.allclose(out64.float(), out, atol=1e-4)
+    assert out64.dtype == torch.float64
+    # float32 vs float64 forward: the network's float32 error is ~100 eps32 ~ 1e-5 of its output
+    # scale, and the score conversion scales each sample (x0 at t = 0.01: alpha / sigma^2 ~ 500,
+    # outputs ~ 450), so compare per sample relative to its largest entry, with 10x margin.
+    scale = out64.flatten(1).abs().amax(1).clamp_min(1.0)[:, None, None, None]
+    torch.testing.assert_close(out.double() / scale, out64 / scale, rtol=0, atol=1e-4)
 
 
 def test_unet_rgb_non_square():

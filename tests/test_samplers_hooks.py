@@ -60,8 +60,11 @@ def test_callback_once_per_step_with_tweedie_estimate(method):
         beta = sde.beta_min * t + 0.5 * (sde.beta_max - sde.beta_min) * t**2
         alpha, var = torch.exp(-0.5 * beta)[:, None], -torch.expm1(-beta)[:, None]
         want = (x + var * score(x, t)) / alpha
-        torch.testing.assert_close(x0.double()[live], want, rtol=1e-4,
-                                   atol=1e-4 * want.abs().max())
+        # float32 (unipc): x + sigma^2 s cancels to ~alpha |x| at T (alpha_T ~ 7e-3), so
+        # ~150 eps32 ~ 2e-5 relative; 1e-3 leaves 50x margin. float64: 1e-8.
+        tol = 1e-3 if dtype == torch.float32 else 1e-8
+        torch.testing.assert_close(x0.double()[live], want, rtol=tol,
+                                   atol=tol * want.abs().max())
     assert res.x.shape == (N, 2)
 
 
