@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._report import environment, markdown_table, write  # noqa: E402
+from benchmarks._report import RESULTS, environment, markdown_table, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ("naive", "sdpa_fused", "sdpa_chunked", "direct")
@@ -206,11 +206,13 @@ def main() -> None:
     ap.add_argument("--naive-max-gb", type=float, default=4.0)
     ap.add_argument("--direct-max-n", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results/")
+    ap.add_argument("--name", default=None)
     args = ap.parse_args()
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    max_n = 10_000 if args.quick else args.max_n
+    max_n = min(10_000, args.max_n) if args.quick else args.max_n
     sizes = [n for n in (1_000, 10_000, 100_000, 1_000_000) if n <= max_n]
     scale_rows = scaling(sizes, args.batch, args.dim, device, args.naive_max_gb,
                          args.direct_max_n, 1 if args.quick else args.reps)
@@ -226,7 +228,7 @@ def main() -> None:
                           / max(by["sdpa_fused"]["extra_mb"], 1e-3)})
     payload = {"scaling": scale_rows, "ratios": ratio, "quality": qual, "device": device,
                "lam": LAM, "chunk": CHUNK, "env": environment()}
-    name = "closed_form_quick" if args.quick else "closed_form"
+    name = args.name or ("closed_form_quick" if args.quick else "closed_form")
     md = (f"# Closed-form score: scaling and quality\n\nenv: {payload['env']}\n\n"
           f"## Time and peak extra memory per score call (B={args.batch}, d={args.dim}, "
           f"float32, {device}, noise level {LAM})\n\n"
@@ -247,7 +249,7 @@ def main() -> None:
           + markdown_table(qual["rows"], ["smoothing_x_median_nn", "smoothing", "fd_test",
                                           "memorised_frac", "median_nn_to_train", "nfe",
                                           "time_s"]) + "\n")
-    js, mdp = write(name, payload, md)
+    js, mdp = write(name, payload, md, Path(args.out_dir) if args.out_dir else RESULTS)
     png = js.with_suffix(".png")
     plot(scale_rows, qual, png, device)
     print(f"wrote {js}, {mdp}, {png}")

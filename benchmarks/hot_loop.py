@@ -52,6 +52,11 @@ GRIDS = {
     "cuda": [(net, b, n) for net in ("exact", "mlp_tiny", "mlp_small") for b in (256, 4096, 65536)
              for n in (10, 100, 1000)] + [("unet", b, n) for b in (256, 4096) for n in (10, 100)],
     "quick": [("mlp_tiny", 64, 5), ("unet", 8, 3)],
+    # scripts/gpu_check.sh: the settings of the targets (MLP at batch >= 4096, the UNet), in
+    # minutes; "dry" is its CPU rehearsal.
+    "gpu_check": [("exact", 4096, 100), ("mlp_tiny", 4096, 100), ("mlp_tiny", 65536, 100),
+                  ("mlp_small", 4096, 100), ("unet", 256, 100)],
+    "dry": [("exact", 64, 5)],
 }
 COMPILE_MAX_BATCH = {"cpu": 4096, "cuda": 1 << 30}  # CPU inductor compiles per shape: ~20-40 s
 
@@ -367,14 +372,18 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run(device: str = "cpu", quick: bool = False, reps: int = 5, name: str | None = None) -> dict:
-    """Run the grid; write results/<name>.{json,md,png} and return the payload."""
+def run(device: str = "cpu", quick: bool = False, reps: int = 5, name: str | None = None,
+        grid: str | None = None, out_dir: str | None = None) -> dict:
+    """Run the grid (`GRIDS[grid]`; default the device's, or "quick"); write
+    <out_dir>/<name>.{json,md,png} (default benchmarks/results/) and return the payload."""
+    if grid is not None and grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; valid: {sorted(GRIDS)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' needs a CUDA device")
     if device == "cpu":
         torch.set_num_threads(1)  # one core: less noise from a shared machine
     which = contenders(device)
-    grid = GRIDS["quick" if quick else device]
+    grid = GRIDS[grid or ("quick" if quick else device)]
     rows: list[dict] = []
     for net_name, batch, nfe in grid:
         rows += run_config(net_name, batch, nfe, device, 2 if quick else reps, which)
@@ -410,8 +419,9 @@ def run(device: str = "cpu", quick: bool = False, reps: int = 5, name: str | Non
           + "\n\n## Where the time goes (torch.profiler, warm runs)\n\n"
           + markdown_table(profiled, list(profiled[0]))
           + "\n\n## All settings\n\n" + markdown_table(rows, cols) + "\n")
-    write(name, payload, md)
-    plot(rows, RESULTS / f"{name}.png")
+    out = Path(out_dir) if out_dir else RESULTS
+    write(name, payload, md, out)
+    plot(rows, out / f"{name}.png")
     return payload
 
 
@@ -421,8 +431,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--grid", default=None, choices=sorted(GRIDS))
+    parser.add_argument("--out-dir", default=None, help="default benchmarks/results/")
     args = parser.parse_args()
-    run(args.device, args.quick, args.reps, args.name)
+    run(args.device, args.quick, args.reps, args.name, args.grid, args.out_dir)
 
 
 if __name__ == "__main__":

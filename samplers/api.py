@@ -148,7 +148,8 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     if capture == "graph":
         check_capture(method, x, options)
     if compile:
-        score = compile_score(score, compile, x.device, captured=capture == "graph")
+        score = compile_score(score, compile, captured=capture == "graph",
+                              varying_batch=method == "ggf")
     guard = FiniteGuard() if check_finite else None
     counter = CountingScore(score, shape[0], device=x.device, guard=guard)
     try:

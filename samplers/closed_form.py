@@ -18,7 +18,7 @@ from torch import Tensor
 from samplers.grids import time_grid
 from samplers.loop import EAGER, Loop
 from samplers.steps import check_choice, ddim_coefficients, finish
-from scorekit.processes import Process, Score
+from scorekit.processes import Process, Score, compute_dtype
 
 __all__ = ["closed_form"]
 
@@ -35,7 +35,7 @@ def closed_form(score: Score, sde, x: Tensor, *, steps: int = 100, denoise: str 
     process = Process(sde)
     ts = time_grid(process, steps, "interpolant", t_start=t_start)
     k1, k2 = ddim_coefficients(process, ts)
-    t_vec = ts.to(device=x.device, dtype=x.dtype)
+    t_vec = ts.to(device=x.device, dtype=compute_dtype(x.dtype))
     for i in range(steps):
         t = t_vec[i].expand(x.shape[0])
         s = score(x, t)

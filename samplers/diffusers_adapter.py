@@ -18,7 +18,7 @@ from torch import Tensor
 
 from samplers.grids import time_grid
 from samplers.loop import EAGER, Loop
-from scorekit.processes import EDMSDE, SDE, Process, Score
+from scorekit.processes import EDMSDE, SDE, Process, Score, compute_dtype
 from scorekit.processes.predictions import eps_from_score
 
 SCHEDULERS = {
@@ -113,7 +113,8 @@ def diffusers_sampler(kind: str):
         for k, n in enumerate(sched.timesteps):
             i = int(round(float(n)))
             inp = sched.scale_model_input(state, n)  # x_vp at timestep n
-            t = torch.full((b,), float(t_table[i]), dtype=x.dtype, device=x.device)
+            t = torch.full((b,), float(t_table[i]), dtype=compute_dtype(x.dtype),
+                           device=x.device)
             xs = inp * float(norm[i])
             s = score(xs, t)
             loop.report(k, t, xs, s, Process(sde))

@@ -18,7 +18,7 @@ from samplers.grids import TimeGrid
 from samplers.kernels import Steps, em_update
 from samplers.loop import EAGER, Loop
 from samplers.steps import DENOISE, check_choice, em_coefficients, finish, reverse_drift
-from scorekit.processes import Process, Score
+from scorekit.processes import Process, Score, compute_dtype
 
 __all__ = ["euler_maruyama", "em_loop", "em_step"]
 
@@ -85,7 +85,7 @@ def _nonlinear(score: Score, process: Process, x: Tensor, ts: Tensor, denoise: s
     """x <- x + h (g^2 s - f(x, t)) + g sqrt(h) z with the drift evaluated at x."""
     h = (ts[:-1] - ts[1:]).tolist()
     g = process.diffusion(ts[:-1]).tolist()
-    t_vec = ts.to(device=x.device, dtype=x.dtype)
+    t_vec = ts.to(device=x.device, dtype=compute_dtype(x.dtype))
     x_mean = x
     for i in range(len(h)):
         t = t_vec[i].expand(x.shape[0])

@@ -33,7 +33,7 @@ from samplers.loop import EAGER, Loop, StopSampling
 from samplers.result import CountingScore, FiniteGuard, SampleResult
 from samplers.steps import langevin_step_size, reverse_drift
 from scorekit._validate import check_positive_int
-from scorekit.processes import SDE, Process, Score, per_sample
+from scorekit.processes import SDE, Process, Score, compute_dtype, per_sample
 
 MODES = ("anneal", "product", "cfg")
 RESAMPLERS = ("systematic", "multinomial", "stratified")
@@ -147,7 +147,7 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
     h = (ts[:-1] - ts[1:]).tolist()
     g2 = (process.diffusion(ts[:-1]) ** 2).tolist()
     f_rate = process.drift_rate(ts[:-1]).tolist()
-    t_vec = ts.to(device=x.device, dtype=x.dtype)
+    t_vec = ts.to(device=x.device, dtype=compute_dtype(x.dtype))
     t64 = ts.to(device=x.device)  # the step's coefficients in float64, as the weights use
     dev = x.device
     logw = torch.zeros(groups, n, dtype=torch.float64, device=dev)

@@ -21,7 +21,7 @@ from samplers.kernels import ggf_error
 from samplers.loop import EAGER, Loop
 from samplers.result import CountingScore
 from samplers.steps import check_choice, finish, reverse_drift
-from scorekit.processes import SDE, VESDE, Process, Score, per_sample
+from scorekit.processes import SDE, VESDE, Process, Score, compute_dtype, per_sample
 from scorekit.processes.predictions import x0_from_score
 
 NORMS = ("rms", "l2", "linf")
@@ -45,7 +45,7 @@ def _drift(score: Score, process: Process, x: Tensor, t: Tensor, rows: Tensor, w
            scores: list | None = None) -> Tensor:
     """Reverse-time drift w g(t)^2 s(x, t) - f_t x (w = 1: SDE, w = 1/2: PF-ODE); t: (b,) f64.
     The score is appended to `scores` when given."""
-    s = _evaluate(score, x, t.to(x.dtype), rows)
+    s = _evaluate(score, x, t.to(compute_dtype(x.dtype)), rows)
     if scores is not None:
         scores.append(s)
     return reverse_drift(process, x, t, s, w)
@@ -192,9 +192,9 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
         x_heun, x_em, err = attempt(score, sde, xa, x_prev[rows], ta, ha, z, rows, **opts,
                                     scores=first)
         if first:
-            alpha, sigma = process.marginal(ta.to(x.dtype))
+            alpha, sigma = process.marginal(ta.to(compute_dtype(x.dtype)))
             x0.index_copy_(0, rows, x0_from_score(xa, first[0], alpha, sigma))
-            loop.report(it, t.to(x.dtype), x, x0=x0)
+            loop.report(it, t.to(compute_dtype(x.dtype)), x, x0=x0)
         tiny = ha < h_min
         acc = (err <= 1) | tiny
         acc_x = per_sample(acc, xa)
@@ -208,7 +208,8 @@ def gotta_go_fast(score: Score, sde: SDE, x: Tensor, *, abs_tol: float | None = 
         forced.index_add_(0, rows, (tiny & ~(err <= 1)).long())
         if stack is not None:
             stack.commit(rows, acc, ha, drawn)
-        bad.index_fill_(0, rows[~torch.isfinite(err)], True)
+        # An index_copy, not bad[rows[mask]]: boolean-mask indexing is a host sync.
+        bad.index_copy_(0, rows, bad[rows] | ~torch.isfinite(err))
         if loop.progress:  # the slowest sample's share of [eps, t0] done
             loop.advance(1 - float(t.max() - sde.eps) / (t0 - sde.eps))
     loop.close()

@@ -62,7 +62,7 @@ def heun_loop(score: Score, process: Process, x: Tensor, ts: Tensor,
     reflected process, whose alpha is 1) maps each stage's result back into the domain.
     Returns (x~ at ts[-1], the score input alpha_N x~, the solve's Steps)."""
     table, rows, level, alpha, sigma = heun_table(process, ts)
-    st = Steps(table, ts, x, None, use_triton, host_rows=rows)
+    st = Steps(table, ts, x, None, use_triton, host_rows=rows, noise=False)
     xs = (x / alpha[0]).contiguous()  # the kernels index flat memory
     x_in = xs * alpha[0]
     for i in loop.steps(st):

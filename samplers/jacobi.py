@@ -13,7 +13,7 @@ from torch import Tensor
 
 from samplers.grids import time_grid
 from samplers.loop import EAGER, Loop
-from scorekit.processes import Score
+from scorekit.processes import Score, compute_dtype
 from scorekit.processes.dirichlet import (
     JacobiDiffusion,
     gx_to_gv,
@@ -84,7 +84,7 @@ def jacobi(score: Score, sde: JacobiDiffusion, x: Tensor, *, steps: int = 200,
     b = torch.tensor(sde.b, dtype=x.dtype, device=x.device)
     s = torch.tensor(sde.speeds, dtype=x.dtype, device=x.device)
     v = _clip_known(stick_breaking_inverse(x), known, v_known, delta)
-    t_vec = taus.to(device=x.device, dtype=x.dtype)
+    t_vec = taus.to(device=x.device, dtype=compute_dtype(x.dtype))
     mean = v
     n = len(hs)
     for i, h in enumerate(hs.tolist()):

@@ -18,7 +18,7 @@ from samplers.grids import TimeGrid
 from samplers.kernels import Steps, langevin_update
 from samplers.loop import EAGER, Loop
 from samplers.steps import DENOISE, check_choice, finish, pc_table
-from scorekit.processes import Process, Score
+from scorekit.processes import Process, Score, compute_dtype
 
 __all__ = ["predictor_corrector", "pc_loop", "check_pc_options", "PREDICTORS", "CORRECTORS"]
 
@@ -73,7 +73,7 @@ def pc_loop(score: Score, process: Process, x: Tensor, ts: Tensor, predictor: st
     """The predictor–corrector loop along the float64 grid ts; Langevin steps capped at
     `max_step`, `project` applied after every update. Returns x and (with keep_mean) the last
     predictor step's noise-free update (else x)."""
-    table, rows = pc_table(process, ts, predictor, x.dtype)
+    table, rows = pc_table(process, ts, predictor, compute_dtype(x.dtype))
     st = Steps(table, ts, x, generator, use_triton, host_rows=rows)
     x = st.own(x)
     mean = st.buffer("mean", x) if keep_mean else x

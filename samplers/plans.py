@@ -16,7 +16,9 @@ be reused by another tensor while the entry lives. Cached tensors are never writ
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
@@ -106,3 +108,50 @@ def clear_plans() -> None:
 def cached_plans() -> int:
     """Number of plans held."""
     return len(_CACHE)
+
+
+class ScoreLRU:
+    """A least-recently-used cache of at most `size` entries keyed by (score, settings), for
+    what is built per score (compiled scores, CUDA graphs). The score is held weakly where it
+    allows (functions, modules, bound methods): when it is garbage-collected its entries go
+    too, so a cache never keeps a model alive. Values must not refer to the score strongly for
+    that to happen; the size bounds the memory either way."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[Hashable, tuple[Callable[[], Any], Any]] = OrderedDict()
+
+    @staticmethod
+    def _identity(score: Any) -> Hashable:
+        # `obj.method` makes a new bound-method object at every access: key by what it binds.
+        if inspect.ismethod(score):
+            return id(score.__self__), id(score.__func__)
+        return id(score)
+
+    def get(self, score: Any, settings: Hashable) -> Any:
+        key = (self._identity(score), settings)
+        hit = self._entries.get(key)
+        held = None if hit is None else hit[0]()
+        if held is None or (held is not score and held != score):
+            return None
+        self._entries.move_to_end(key)
+        return hit[1]
+
+    def put(self, score: Any, settings: Hashable, value: Any) -> None:
+        key = (self._identity(score), settings)
+        drop = lambda _ref, key=key: self._entries.pop(key, None)  # noqa: E731
+        try:
+            ref = (weakref.WeakMethod(score, drop) if inspect.ismethod(score)
+                   else weakref.ref(score, drop))
+        except TypeError:  # not weak-referenceable: held, and bounded by the size
+            ref = lambda: score  # noqa: E731
+        self._entries[key] = (ref, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,4 +1,6 @@
+import importlib
 import os
+import sys
 
 import pytest
 import torch
@@ -26,3 +28,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+KERNELS = "samplers.kernels.triton_ops"
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """Kernels defined under TRITON_INTERPRET=1. triton reads it when a function is decorated,
+    its own library functions included, so it must be set before triton is first imported."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (it comes with the [dev] extra)")
+    if "triton" in sys.modules and not _interpreting():
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TRITON_INTERPRET", "1")
+    package = importlib.import_module("samplers.kernels")
+    sys.modules.pop(KERNELS, None)
+    yield importlib.import_module(KERNELS)
+    sys.modules.pop(KERNELS, None)  # later CUDA tests compile the kernels for real
+    if hasattr(package, "triton_ops"):
+        delattr(package, "triton_ops")
+    patch.undo()
+
+
+def _interpreting() -> bool:
+    import triton.language as tl
+
+    return type(tl.zeros).__name__ == "InterpretedFunction"

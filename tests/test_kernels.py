@@ -26,32 +26,6 @@ from scorekit.scores import GaussianScore
 from scorekit.sde import VESDE, VPSDE
 
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
-MODULE = "samplers.kernels.triton_ops"
-
-
-@pytest.fixture(scope="module")
-def interpreter():
-    """Kernels defined under TRITON_INTERPRET=1. triton reads it when a function is decorated,
-    its own library functions included, so it must be set before triton is first imported."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed (it comes with the [dev] extra)")
-    if "triton" in sys.modules and not _interpreting():
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("TRITON_INTERPRET", "1")
-    package = importlib.import_module("samplers.kernels")
-    sys.modules.pop(MODULE, None)
-    yield importlib.import_module(MODULE)
-    sys.modules.pop(MODULE, None)  # later CUDA tests compile the kernels for real
-    if hasattr(package, "triton_ops"):
-        delattr(package, "triton_ops")
-    patch.undo()
-
-
-def _interpreting() -> bool:
-    import triton.language as tl
-
-    return type(tl.zeros).__name__ == "InterpretedFunction"
 
 
 def _close(a, b, dtype):

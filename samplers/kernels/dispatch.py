@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from samplers.plans import memo
+from scorekit.processes import compute_dtype
 
 # Philox seeds are drawn below 2^62 so the int64 seed tensor never overflows.
 SEED_BOUND = 2**62
@@ -37,11 +38,6 @@ def use_fused(x: Tensor, use_triton: bool | None = None) -> bool:
     return True
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Kernels compute in float64 for float64 storage and in float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class Steps:
     """Per-step data of one fixed-step solve of x: (B, *D) on the float64 grid ts: (N+1,).
 
@@ -55,8 +51,9 @@ class Steps:
 
     def __init__(self, table: Tensor, ts: Tensor, like: Tensor,
                  generator: torch.Generator | None = None, use_triton: bool | None = None,
-                 host_rows: list[list[float]] | None = None):
+                 host_rows: list[list[float]] | None = None, noise: bool = True):
         self.fused = use_fused(like, use_triton)
+        self.noise = noise  # False: a deterministic solve, which draws no Philox seed
         self.count, self.batch, self.numel = table.shape[0], like.shape[0], like.numel()
         self.generator = generator
         key = ("steps", id(table), id(ts), id(host_rows), like.dtype, like.device, self.batch,
@@ -74,28 +71,32 @@ class Steps:
 
     def _data(self, table: Tensor, ts: Tensor, like: Tensor,
               host_rows: list[list[float]] | None) -> tuple:
-        rows = table.to(like.dtype).tolist() if host_rows is None else host_rows
-        t_table = ts.to(device=like.device, dtype=like.dtype)
+        work = compute_dtype(like.dtype)  # half samples: times and coefficients in float32
+        rows = table.to(work).tolist() if host_rows is None else host_rows
+        t_table = ts.to(device=like.device, dtype=work)
         # One view per grid point, made once: indexing a tensor every step costs a dispatch.
         times = t_table[:, None].expand(-1, self.batch).unbind(0)
         if not self.fused:
             return rows, t_table, times, None, None
-        coef = table.to(device=like.device, dtype=compute_dtype(like.dtype)).contiguous()
+        coef = table.to(device=like.device, dtype=work).contiguous()
         # Cursor increments: next step (row and noise), noise only, row only.
         moves = torch.tensor([[1, self.numel], [0, self.numel], [1, 0]], dtype=torch.int64,
                              device=like.device)
         return rows, t_table, times, coef, moves
 
     def reset(self, generator: torch.Generator | None = None) -> None:
-        """Kernel path: back to row 0 with a fresh Philox seed drawn from `generator`."""
+        """Kernel path: back to row 0 with a fresh Philox seed drawn from `generator` (none for
+        a noise-free solve: its random streams are left untouched)."""
         if not self.fused:
+            return
+        self.cursor.zero_()
+        if not self.noise:
             return
         dev = self.cursor.device
         gen_dev = generator.device if generator is not None else dev
         seed = torch.randint(0, SEED_BOUND, (1,), generator=generator, device=gen_dev,
                              dtype=torch.int64)
         self.seed.copy_(seed, non_blocking=True)
-        self.cursor.zero_()
 
     def advance(self, noise: bool = True, row: bool = True) -> None:
         """Kernel path: move the cursor past this step's row and/or its noise draw."""

@@ -6,7 +6,8 @@ driven by a recording `Loop`: either the whole solve is one graph, or (long loop
 networks, over `NODE_LIMIT` kernels) three graphs are cut at the loop's step boundaries — the
 set-up with the first step, one generic step replayed N - 1 times, and the finish. The generic
 step works because the kernel path reads its row, time and noise offset from the device cursor
-of `Steps`. Graphs are cached by (method, options, shape, dtype, device, score) until
+of `Steps`. Graphs are cached by (method, options, shape, dtype, device, score), at most
+MAX_GRAPHS of them and never beyond the score's lifetime (the cache holds it weakly), until
 `clear_graphs()`. The solvers do not know any of this: they iterate `loop.steps(st)`.
 """
 
@@ -22,17 +23,20 @@ from torch import Tensor
 from samplers.kernels.compile import clear_compiled
 from samplers.kernels.dispatch import Steps
 from samplers.loop import Loop
+from samplers.plans import ScoreLRU
 from samplers.result import CountingScore
 from scorekit.processes import SDE, Score
 
 CAPTURABLE = ("em", "pc", "heun")
+MAX_GRAPHS = 8  # cached captures (each holds its graphs' memory pool)
 NODE_LIMIT = 20_000  # kernels in one graph above which the loop is captured per step
 WARMUP = 3
 GRAPH_MODES = ("auto", "loop", "step")
 
 
 class _Calls:
-    """The raw score, counting calls (captured calls are charged per replay, not here)."""
+    """The raw score, counting calls (captured calls are charged per replay, not here). It is
+    called only while capturing; the cached entry keeps no strong reference to the score."""
 
     def __init__(self, score: Score):
         self.score, self.n = score, 0
@@ -91,7 +95,6 @@ class _Recorder(Loop):
 
 @dataclass
 class _Entry:
-    score: Score
     recorder: _Recorder
     out: Tensor
     x_in: Tensor
@@ -102,7 +105,7 @@ class _Entry:
         return sum(replays * calls for _, replays, calls in self.recorder.graphs)
 
 
-_CACHE: dict[tuple, _Entry] = {}
+_CACHE = ScoreLRU(MAX_GRAPHS)
 
 
 def clear_graphs() -> None:
@@ -138,18 +141,18 @@ def sample_graphed(counter: CountingScore, sde: SDE, x: Tensor, method: str,
     check_capture(method, x, options)
     if graph_mode not in GRAPH_MODES:
         raise ValueError(f"unknown graph_mode {graph_mode!r}; valid: {list(GRAPH_MODES)}")
-    key = (method, tuple(x.shape), x.dtype, str(x.device), repr(sde), graph_mode,
-           tuple(sorted((k, repr(v)) for k, v in options.items())), id(counter.score))
-    entry = _CACHE.get(key)
+    settings = (method, tuple(x.shape), x.dtype, str(x.device), repr(sde), graph_mode,
+                tuple(sorted((k, repr(v)) for k, v in options.items())))
+    entry = _CACHE.get(counter.score, settings)
     warmup = 0.0
-    if entry is None or entry.score is not counter.score:
+    if entry is None:
         start = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start[0].record()
         entry = _capture(counter.score, sde, x, solve, options, graph_mode)
         start[1].record()
         torch.cuda.synchronize(x.device)
         warmup = start[0].elapsed_time(start[1]) / 1e3
-        _CACHE[key] = entry
+        _CACHE.put(counter.score, settings, entry)
     entry.x_in.copy_(x)
     for st in entry.recorder.solves:  # a fresh Philox seed from the caller's generator
         st.reset(generator)
@@ -213,5 +216,6 @@ def _capture(score: Score, sde: SDE, x: Tensor, solve: Callable[..., tuple[Tenso
     if not recorder.solves or not all(st.fused for st in recorder.solves):
         raise ValueError("capture='graph' needs the Triton kernels: install triton "
                          "(pip install 'scorekit[gpu]')")
-    return _Entry(score, recorder, out, x_in, info)
+    calls.score = None  # the graphs replay without it: the cache must not keep it alive
+    return _Entry(recorder, out, x_in, info)
 

@@ -8,12 +8,15 @@ float64 storage); stores cast back to the storage dtype.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from samplers.kernels.dispatch import Steps, compute_dtype
+from samplers.kernels.dispatch import Steps
+from scorekit.processes import compute_dtype
 
 BLOCK = 1024
 NUM_WARPS = 4
@@ -138,6 +141,15 @@ def _ggf_error_kernel(xh_ptr, xe_ptr, xp_ptr, out_ptr, tol_ptr, b, d,
     tl.store(out_ptr + rows, tl.sqrt(tl.sum(acc, axis=1) / d), mask=rows < b)
 
 
+@functools.lru_cache(maxsize=64)
+def tolerances(abs_tol: float, rel_tol: float, dtype: torch.dtype, device: torch.device
+               ) -> Tensor:
+    """(abs_tol, rel_tol) as a device tensor, copied once per setting (a Python float argument
+    would reach the kernel as float32; a copy per step would be a pageable host transfer).
+    Never written to."""
+    return torch.tensor([abs_tol, rel_tol], dtype=dtype).to(device)
+
+
 def _tiles(b: int, d: int) -> tuple[tuple[int], int, int]:
     """(grid, ROWS, COLS) for row reductions: tiles of ~BLOCK elements, several short rows
     per program (one program per 2-element row would leave the GPU idle)."""
@@ -209,8 +221,7 @@ def ggf_error(x_heun: Tensor, x_em: Tensor, x_prev: Tensor, abs_tol: float, rel_
     """Launch the per-sample scaled RMS error of an embedded Euler/Heun pair, (b,)."""
     b, dtype = x_heun.shape[0], compute_dtype(x_heun.dtype)
     out = torch.empty(b, dtype=dtype, device=x_heun.device)
-    # Tolerances as a tensor: a Python float argument would reach the kernel as float32.
-    tol = torch.tensor([abs_tol, rel_tol], dtype=dtype).to(x_heun.device, non_blocking=True)
+    tol = tolerances(abs_tol, rel_tol, dtype, x_heun.device)
     x_heun = x_heun.contiguous()
     d = x_heun.numel() // b
     grid, rows, cols = _tiles(b, d)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from scorekit.processes import SDE, Process, per_sample
+from scorekit.processes import SDE, Process, compute_dtype, per_sample
 from scorekit.processes.predictions import scaled_score_from_x0
 
 PARAMETERIZATIONS = ("score", "eps", "x0", "edm")
@@ -37,17 +37,23 @@ class ScoreModel(nn.Module):
         self.sigma_data = float(sigma_data)
         self.precondition = precondition
 
+    def _scales(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha_t, sigma_t) computed in float32 at least (`compute_dtype`): half-precision t
+        would collapse neighbouring noise levels."""
+        return Process(self.sde).scales(t.to(compute_dtype(x.dtype)))
+
     def _raw(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Network output F plus per-sample (alpha, sigma, s = sigma/alpha), broadcast to x."""
-        alpha, sigma = Process(self.sde).scales(t.to(x.dtype))
+        """Network output F plus per-sample (alpha, sigma, s = sigma/alpha), broadcast to x.
+        The noise label c_noise stays in float32 for half-precision x (networks embed it)."""
+        alpha, sigma = self._scales(x, t)
         level = sigma / alpha
         if self.precondition:
             c_in = torch.rsqrt(level**2 + self.sigma_data**2) / alpha
             c_noise = 0.25 * torch.log(level)
         else:
-            c_in, c_noise = torch.ones_like(t, dtype=x.dtype), t.to(x.dtype)
-        out = self.net(x * per_sample(c_in, x), c_noise)
-        return out, per_sample(alpha, x), per_sample(sigma, x), per_sample(level, x)
+            c_in, c_noise = torch.ones_like(alpha), t.to(alpha.dtype)
+        out = self.net(x * per_sample(c_in.to(x.dtype), x), c_noise)
+        return out, *(per_sample(v.to(x.dtype), x) for v in (alpha, sigma, level))
 
     def scaled_score(self, x: Tensor, t: Tensor) -> Tensor:
         """sigma_t * grad log p_t(x) = -eps_hat; x: (B, *D), t: (B,) -> (B, *D).
@@ -59,7 +65,7 @@ class ScoreModel(nn.Module):
         ref = Process(self.sde).reference_score(x, t)
         if ref is None:
             return scaled
-        return scaled + per_sample(Process(self.sde).scales(t.to(x.dtype))[1], x) * ref
+        return scaled + per_sample(self._scales(x, t)[1].to(x.dtype), x) * ref
 
     def _scaled_net_score(self, x: Tensor, t: Tensor) -> Tensor:
         out, alpha, sigma, level = self._raw(x, t)
@@ -78,5 +84,5 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Score grad_x log p_t(x); x: (B, *D), t: (B,) -> (B, *D)."""
-        alpha, sigma = Process(self.sde).scales(t.to(x.dtype))
+        sigma = self._scales(x, t)[1].to(x.dtype)
         return self.scaled_score(x, t) / per_sample(sigma, x)

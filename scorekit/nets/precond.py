@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from scorekit.nets.param import ScoreModel
-from scorekit.processes import SDE, Process
+from scorekit.processes import SDE
 from scorekit.processes.predictions import x0_from_scaled_score
 
 
@@ -27,5 +27,5 @@ class EDMPrecond(ScoreModel):
 
     def denoise(self, x: Tensor, t: Tensor) -> Tensor:
         """E[x0 | x_t] (Tweedie) from the preconditioned network; x: (B, *D) -> (B, *D)."""
-        alpha, sigma = Process(self.sde).scales(t.to(x.dtype))
+        alpha, sigma = (v.to(x.dtype) for v in self._scales(x, t))
         return x0_from_scaled_score(x, self.scaled_score(x, t), alpha, sigma)

@@ -16,15 +16,15 @@ where every process class is imported.
 from __future__ import annotations
 
 from scorekit._validate import check_kwargs
-from scorekit.processes.base import SDE, Process, Score, as_t, per_sample
+from scorekit.processes.base import SDE, Process, Score, as_t, compute_dtype, per_sample
 from scorekit.processes.dirichlet import JacobiDiffusion
 from scorekit.processes.linear import EDMSDE, SDES, VESDE, VPSDE, SubVPSDE
 from scorekit.processes.nonlinear import NONLINEAR_SDES, DoubleWellSDE, NonlinearSDE
 from scorekit.processes.reflected import REFLECTED_SDES, ReflectedSDE
 
-__all__ = ["SDE", "Process", "Score", "as_t", "per_sample", "VPSDE", "SubVPSDE", "VESDE",
-           "EDMSDE", "NonlinearSDE", "DoubleWellSDE", "ReflectedSDE", "JacobiDiffusion", "SDES",
-           "PROCESSES", "make_sde"]
+__all__ = ["SDE", "Process", "Score", "as_t", "per_sample", "compute_dtype", "VPSDE",
+           "SubVPSDE", "VESDE", "EDMSDE", "NonlinearSDE", "DoubleWellSDE", "ReflectedSDE",
+           "JacobiDiffusion", "SDES", "PROCESSES", "make_sde"]
 
 PROCESSES: dict[str, type] = {**SDES, **NONLINEAR_SDES, **REFLECTED_SDES,
                               "jacobi": JacobiDiffusion}

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from scorekit.processes.base import Process, Score, per_sample
+from scorekit.processes.base import Process, Score, compute_dtype, per_sample
 
 __all__ = ["x0_from_score", "x0_from_scaled_score", "x0_from_eps", "scaled_score_from_x0",
            "score_from_x0", "eps_from_score", "tweedie"]
 
 
 def _b(coef: Tensor | float, x: Tensor) -> Tensor | float:
-    return per_sample(coef, x) if isinstance(coef, Tensor) else coef
+    # Coefficients may be computed in higher precision than x (half-precision samples).
+    return per_sample(coef.to(x.dtype), x) if isinstance(coef, Tensor) else coef
 
 
 def x0_from_score(x: Tensor, score: Tensor, alpha: Tensor | float,
@@ -63,6 +64,6 @@ def eps_from_score(score: Tensor, sigma: Tensor | float) -> Tensor:
 def tweedie(score: Score, process: Process, x: Tensor, t: float) -> Tensor:
     """Posterior mean E[x0 | x_t] at one time t for every sample (one score evaluation);
     x: (B, *D)."""
-    tt = x.new_full((x.shape[0],), t)
+    tt = x.new_full((x.shape[0],), t, dtype=compute_dtype(x.dtype))
     alpha, sigma = process.marginal(tt)
     return x0_from_score(x, score(x, tt), alpha, sigma)
