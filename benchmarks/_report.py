@@ -6,6 +6,7 @@ import json
 import math
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,23 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def environment() -> dict[str, Any]:
-    """Device, versions and commit, recorded next to every number."""
+def _git(*args: str) -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).parent).stdout.strip()
     except OSError:
-        commit = ""
+        return ""
+
+
+def environment() -> dict[str, Any]:
+    """Device, versions, commit (with a dirty flag: uncommitted changes to tracked files) and
+    the exact command, recorded next to every number."""
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    commit = _git("rev-parse", "--short", "HEAD")
     return {"device": dev or platform.machine(), "torch": torch.__version__,
             "python": platform.python_version(), "commit": commit or "unknown",
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "threads": torch.get_num_threads()}
 
 

@@ -4,7 +4,10 @@
         [n=500] [seeds=2] [methods=[em,heun,ode]] [max_nfe=200] [quick=true] [wandb=offline]
 
 Loads the run (`Trainer.from_run_dir`), samples `n` images per setting with each sampler on its
-NFE grid (ode and ggf on tolerance grids; "+tp" = started at t* by Gaussian teleportation),
+NFE grid (ode and ggf on tolerance grids; "+tp" = started at t* by Gaussian teleportation;
+"+opt" = on the grid `Trainer.optimize_grid` tunes to the run at 5-20 NFE, cached in
+`<run dir>/grids/`), and k-diffusion's samplers ("kd_<sampler>_<karras|exponential>", through
+`benchmarks/_peers.py`) on the same model from the same prior draws,
 clips them to the data's range as saved images would be, and measures FD against the held-out
 images in the chosen feature space: "classifier" (the project's digits CNN; the default for 8x8
 grey images), "inception" (FID; `weights=` or $SCOREKIT_INCEPTION; the default for other images
@@ -28,21 +31,34 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks import _peers
 from benchmarks import learned_nfe as ln
 from benchmarks import nfe_quality as nq
+from benchmarks._peers import KD_SAMPLERS, SIGMAS
 from benchmarks._report import RESULTS, environment, markdown_table, write
 
 DEFAULT_METHODS = ["em", "pc", "ode", "heun", "dpm_solver", "unipc", "ggf", "em+tp", "heun+tp",
-                   "dpm_solver+tp"]
+                   "dpm_solver+tp", "dpm_solver+opt", "heun+opt",
+                   *(f"kd_{name}_{kind}" for name in KD_SAMPLERS for kind in SIGMAS)]
 NFE_GRID = [10, 20, 35, 50, 100, 200]
 QUICK_GRID = [10, 35]
+# The few-step methods (ours and the peers') also at 5, 8 and 15 NFE.
+FAST_GRID = [5, 8, 10, 15, 20, 35, 50, 100]
+FAST = ("dpm_solver", "unipc", "heun")
+# Grids tuned to the run by Trainer.optimize_grid at these budgets ("<method>+opt"), cached in
+# <run dir>/grids/.
+OPT_NFE = [5, 8, 10, 15, 20]
+EXTRA = {"dpm_solver+opt": ("dpm_solver", {}), "heun+opt": ("heun", {})}
 QUICK_TOLS = {"ode": [{"rtol": 1e-2, "atol": 1e-2}],
               "ggf": [{"abs_tol": 2 / 256, "rel_tol": 0.1}]}
 # Tolerance grids of the adaptive samplers, cut where their NFE passes ~500 on an image model.
 TOLS = {"ode": [{"rtol": tol, "atol": tol} for tol in (1e-2, 1e-3, 1e-4)],
         "ggf": [{"abs_tol": 2 / 256, "rel_tol": r} for r in (0.1, 0.05, 0.02)]}
 # Candidate -> baseline pairs compared at equal FD (teleportation against the same sampler).
-PAIRS = [("ggf", "em"), ("em+tp", "em"), ("heun+tp", "heun"), ("dpm_solver+tp", "dpm_solver")]
+PAIRS = [("ggf", "em"), ("em+tp", "em"), ("heun+tp", "heun"), ("dpm_solver+tp", "dpm_solver"),
+         ("dpm_solver+opt", "dpm_solver"), ("heun+opt", "heun"),
+         ("dpm_solver", "kd_dpmpp_2m_exponential"), ("dpm_solver", "kd_dpmpp_2m_karras"),
+         ("heun", "kd_heun_karras")]
 
 
 def feature_kind(features: str, sample_shape: tuple[int, ...], weights: str | None) -> str:
@@ -58,10 +74,12 @@ def feature_kind(features: str, sample_shape: tuple[int, ...], weights: str | No
 
 
 def grid(method: str, quick: bool, max_nfe: int, sde_name: str) -> list[dict]:
-    """Sampler options per point: tolerances for ode/ggf, else steps matching each NFE."""
+    """Sampler options per point: tolerances for ode/ggf, else steps matching each NFE (the
+    few-step methods on `FAST_GRID`)."""
     if method in TOLS:
         return (QUICK_TOLS if quick else TOLS)[method]
-    nfes = [n for n in (QUICK_GRID if quick else NFE_GRID) if n <= max_nfe]
+    nfes = QUICK_GRID if quick else FAST_GRID if method in FAST else NFE_GRID
+    nfes = [n for n in nfes if n <= max_nfe]
     points = [c for c in (nq.settings(method, n) for n in nfes) if c is not None]
     if sde_name == "edm" and method in ("em", "pc"):
         # Their default grid is uniform in t, i.e. in sigma for EDM: from sigma = 80 nearly every
@@ -111,10 +129,20 @@ class _Scorer:
         from scorekit.metrics import frechet_distance
 
         t0 = time.perf_counter()
-        res = self.trainer.sample(n, section, seed=seed)
-        stats = self.fe.stats(res.x.detach().float().clamp(*self.range).cpu())
-        return {"seed": seed, "nfe": res.nfe, "nfe_min": int(res.nfe_per_sample.min()),
-                "nfe_max": int(res.nfe_per_sample.max()),
+        if "peer" in section:  # k-diffusion's sampler on the same model, from the same draws
+            tr = self.trainer
+            x_t = tr.sde.prior_sample((n, *tr.data.sample_shape), device=tr.device,
+                                      dtype=tr.dtype, generator=torch.Generator(tr.device)
+                                      .manual_seed(seed))
+            tr.ema.eval()
+            x, nfe = _peers.run_kd(*section["peer"], section["nfe"], tr.ema, tr.sde, x_t, seed)
+            lo = hi = nfe
+        else:
+            res = self.trainer.sample(n, section, seed=seed)
+            x, nfe = res.x, res.nfe
+            lo, hi = int(res.nfe_per_sample.min()), int(res.nfe_per_sample.max())
+        stats = self.fe.stats(x.detach().float().clamp(*self.range).cpu())
+        return {"seed": seed, "nfe": nfe, "nfe_min": lo, "nfe_max": hi,
                 "fd_test": frechet_distance(stats, self.test),
                 "fd_train": frechet_distance(stats, self.train),
                 "time_s": time.perf_counter() - t0}
@@ -140,11 +168,7 @@ def measure(trainer, methods: list[str], score: _Scorer, n: int, seeds: int, qui
         t_star = probe["t_start"]
         print(f"teleport t* = {t_star:.4f} (EV >= {nq.TP_THRESH})", flush=True)
     for label in methods:
-        method, fixed = nq.METHODS[label]
-        for opts in grid(method, quick, max_nfe, trainer.cfg.sde.name):
-            section = {"method": method, **fixed, **opts}
-            if fixed.get("teleport"):
-                section["t_start"] = t_star
+        for opts, section in _sections(trainer, label, quick, max_nfe, t_star):
             for seed in range(seeds):
                 key = f"{label}|{_setting(opts)}|{seed}"
                 row = cache.get(key)
@@ -158,6 +182,33 @@ def measure(trainer, methods: list[str], score: _Scorer, n: int, seeds: int, qui
                     logger.log({f"fd/{label}": row["fd_test"], f"nfe/{label}": row["nfe"]},
                                step=len(rows))
     return {"rows": rows, "t_star": t_star}
+
+
+def _sections(trainer, label: str, quick: bool, max_nfe: int, t_star: float | None
+              ) -> list[tuple[dict, dict]]:
+    """(options shown in the table, what `_Scorer` runs) per point of `label`'s grid."""
+    if label.startswith("kd_"):
+        name, kind = label[3:].rsplit("_", 1)
+        nfes = [n for n in (QUICK_GRID if quick else FAST_GRID) if n <= max_nfe]
+        return [({"n": n}, {"peer": (name, kind), "nfe": n}) for n in nfes]
+    if label.endswith("+opt"):
+        method, fixed = EXTRA[label]
+        out = []
+        for nfe in (n for n in OPT_NFE if n <= max_nfe):
+            path = trainer.run_dir / "grids" / f"{method}_nfe{nfe}.json"
+            if not path.is_file():  # tuned once per run and budget, then reused
+                trainer.optimize_grid(nfe, {"method": method, **fixed}, path=path)
+            out.append(({"nfe": nfe, "grid": "tuned"},
+                        {"method": method, **fixed, "steps": None, "grid": str(path)}))
+        return out
+    method, fixed = nq.METHODS[label]
+    out = []
+    for opts in grid(method, quick, max_nfe, trainer.cfg.sde.name):
+        section = {"method": method, **fixed, **opts}
+        if fixed.get("teleport"):
+            section["t_start"] = t_star
+        out.append((opts, section))
+    return out
 
 
 def matched(trainer, score: _Scorer, seeds: int, cache: _RowCache) -> dict:
@@ -192,8 +243,12 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
     from scorekit.training.loggers import WandbLogger
 
     methods = list(methods or DEFAULT_METHODS)
-    if unknown := sorted(set(methods) - set(nq.METHODS)):
-        raise ValueError(f"methods: unknown {unknown}; valid: {sorted(nq.METHODS)}")
+    valid = {*nq.METHODS, *DEFAULT_METHODS}
+    if unknown := sorted(set(methods) - valid):
+        raise ValueError(f"methods: unknown {unknown}; valid: {sorted(valid)}")
+    if isinstance(kd := _peers.k_diffusion(), str):
+        print(f"fd_nfe: k-diffusion {kd}: its samplers are left out")
+        methods = [m for m in methods if not m.startswith("kd_")]
     path = Path(ckpt)
     run_dir = path if path.is_dir() else path.parent.parent
     trainer = Trainer.from_run_dir(run_dir, checkpoint=None if path.is_dir() else path,

@@ -16,6 +16,7 @@ import torch
 
 from samplers.closed_form import closed_form
 from samplers.diffusers_adapter import SCHEDULERS, diffusers_sampler
+from samplers.dpm_solver import dpm_solver, dpm_solver_sde
 from samplers.em import euler_maruyama
 from samplers.fkc import fkc_anneal
 from samplers.ggf import gotta_go_fast
@@ -37,6 +38,7 @@ from samplers.reflected import (
 from samplers.result import CountingScore, FiniteGuard, SampleResult
 from samplers.teleport import MODES as TELEPORT_MODES
 from samplers.teleport import ODE_METHODS, GaussianTeleport
+from samplers.unipc import unipc
 from scorekit._validate import accepted_kwargs, check_positive_int
 from scorekit.processes import SDE, Score
 
@@ -54,6 +56,9 @@ _METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "reflected_pc": reflected_pc,
     "reflected_ode": reflected_ode,
     "jacobi": jacobi,
+    "dpm_solver": dpm_solver,
+    "dpm_solver_sde": dpm_solver_sde,
+    "unipc": unipc,
     **{name: diffusers_sampler(name) for name in SCHEDULERS},
 }
 

@@ -36,11 +36,9 @@ def closed_form(score: Score, sde, x: Tensor, *, steps: int = 100, denoise: str 
     ts = time_grid(process, steps, "interpolant", t_start=t_start)
     k1, k2 = ddim_coefficients(process, ts)
     t_vec = ts.to(device=x.device, dtype=compute_dtype(x.dtype))
-    for i in range(steps):
+    for i in loop.range(steps):
         t = t_vec[i].expand(x.shape[0])
         s = score(x, t)
         loop.report(i, t, x, s, process)
         x = k1[i] * x + k2[i] * s
-        loop.advance((i + 1) / steps)
-    loop.close()
     return finish(score, process, x, x, denoise), {"grid": "interpolant"}

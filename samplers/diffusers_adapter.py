@@ -1,15 +1,21 @@
-"""diffusers' multistep schedulers (DPM-Solver++, UniPC, Euler) driven by a scorekit score.
+"""diffusers' schedulers (DPM-Solver++, UniPC, Euler) driven by a scorekit score: interop with
+the library users know ("dpm_solver_diffusers", "unipc_diffusers", "euler_diffusers"); the
+native continuous-time solvers are "dpm_solver" and "unipc" (`samplers.dpm_solver`, `.unipc`).
 
 Any linear process is seen by the scheduler in variance-preserving form: with the noise level
 s_t = sigma_t / alpha_t, x_vp = x / sqrt(alpha_t^2 + sigma_t^2) has alpha_bar = 1 / (1 + s_t^2)
 and the same noise eps, so the epsilon "model output" is eps_hat = -sigma_t s(x, t) in every
-coordinate system. The scheduler is built from a table t_n = eps + n (T - eps) / (M - 1) through
-`trained_betas`, so its `alphas_cumprod[n]` is the process's alpha_bar(t_n) (no re-discretised
-beta schedule), and timestep n maps back to t_n. The solvers themselves are diffusers'.
+coordinate system. The scheduler is built from a table of M times t_n through `trained_betas`,
+so its `alphas_cumprod[n]` is the process's alpha_bar(t_n) (no re-discretised beta schedule),
+and timestep n maps back to t_n. The table is uniform in log s (so diffusers' evenly spaced
+timesteps are uniform in lambda: at 20 steps on a uniform-t table DPM-Solver++ was ~10x worse);
+a process whose s(eps) is below 1e-3 (sub-VP) gets a table from where s = 1e-3 (diffusers keeps
+alphas_cumprod in float32), so no entry repeats a floored value. The solvers are diffusers'.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -18,17 +24,20 @@ from torch import Tensor
 
 from samplers.grids import time_grid
 from samplers.loop import EAGER, Loop
-from scorekit.processes import EDMSDE, SDE, Process, Score, compute_dtype
+from scorekit.processes import SDE, Process, Score, compute_dtype
 from scorekit.processes.predictions import eps_from_score
 
 SCHEDULERS = {
-    "dpm_solver": ("DPMSolverMultistepScheduler",
+    "dpm_solver_diffusers": ("DPMSolverMultistepScheduler",
                    {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True,
                     "final_sigmas_type": "zero"}),
-    "unipc": ("UniPCMultistepScheduler",
+    "unipc_diffusers": ("UniPCMultistepScheduler",
               {"solver_order": 2, "solver_type": "bh2", "predict_x0": True,
                "final_sigmas_type": "zero"}),
-    "euler_diffusers": ("EulerDiscreteScheduler", {"final_sigmas_type": "zero"}),
+    # Euler: diffusers' recommended Karras sigmas (rho = 7), better for a first-order method
+    # than uniform log steps.
+    "euler_diffusers": ("EulerDiscreteScheduler", {"final_sigmas_type": "zero",
+                                                   "use_karras_sigmas": True}),
 }
 N_TRAIN = 1000
 SIGMA_STATE = {"euler_diffusers"}  # schedulers whose sample is x0 + s eps (not VP form)
@@ -42,22 +51,22 @@ def _alpha_bar_table(sde: SDE, n_train: int, table: str | None = None,
                      t_max: float | None = None) -> tuple[Tensor, Tensor]:
     """(t_n, alpha_bar_n), float64, n = 0..n_train-1, increasing in t.
 
-    "uniform" spaces t_n uniformly on [eps, t_max] (t_max defaults to T); "logsnr" spaces the noise
-    level geometrically (the default for EDM, whose t is sigma itself); both by `time_grid`.
-    Levels below MIN_LEVEL are floored and their t moved to match, so the table stays exact
-    where the scheduler reads it.
+    "logsnr" (default) spaces the noise level geometrically, "uniform" spaces t_n uniformly on
+    [eps, t_max] (t_max defaults to T); both by `time_grid`.
+    A process whose noise level at eps is below MIN_LEVEL (sub-VP) gets a table that starts
+    where it reaches MIN_LEVEL, so the table stays exact where the scheduler reads it.
     """
-    table = table or ("logsnr" if isinstance(sde, EDMSDE) else "uniform")
+    table = table or "logsnr"
     if table not in ("uniform", "logsnr"):
         raise ValueError(f"table must be 'uniform' or 'logsnr', got {table!r}")
     process = Process(sde)
-    t = time_grid(process, n_train - 1, table, t_start=t_max).flip(0)
-    level = process.noise_level(t)
-    low = level < MIN_LEVEL
-    if bool(low.any()):
-        t_floor = process.t_of_noise_level(torch.tensor([MIN_LEVEL], dtype=torch.float64))
-        t = torch.where(low, t_floor, t)
-        level = level.clamp_min(MIN_LEVEL)
+    # Below MIN_LEVEL the table starts where s = MIN_LEVEL: floored entries would repeat one
+    # time (zero steps between them) wherever the schedulers pick them.
+    t_floor = float(process.t_of_noise_level(torch.tensor([MIN_LEVEL], dtype=torch.float64)))
+    t_end = sde.eps if float(process.noise_level(torch.tensor([sde.eps], dtype=torch.float64))
+                          ) >= MIN_LEVEL else t_floor
+    t = time_grid(process, n_train - 1, table, t_start=t_max, t_end=t_end).flip(0)
+    level = process.noise_level(t).clamp_min(MIN_LEVEL)
     return t, 1.0 / (1.0 + level**2)
 
 
@@ -90,6 +99,19 @@ def trained_betas(sde: SDE, n_train: int = N_TRAIN, table: str | None = None,
     return (1 - abar / prev).clamp(0.0, 0.999999).tolist()
 
 
+@contextlib.contextmanager
+def _float32_default():
+    """The schedulers mix their float32 tables with helper tensors made in the default dtype
+    (UniPC solves for its weights with both): under a float64 default (a common way to ask for
+    float64 samples) that solve raised "Expected A and B to have the same dtype"."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def diffusers_sampler(kind: str):
     """Build the sampler function for `samplers.sample(method=kind)`."""
 
@@ -110,7 +132,9 @@ def diffusers_sampler(kind: str):
         # sets that to s_max, not sqrt(1 + s_max^2) (equal only while s_max >> 1, i.e. from T).
         first = int(sched.timesteps[0])
         state = x / float(alpha[first]) if kind in SIGMA_STATE else x / float(norm[first])
-        for k, n in enumerate(sched.timesteps):
+        timesteps = list(sched.timesteps)
+        for k in loop.range(len(timesteps)):
+            n = timesteps[k]
             i = int(round(float(n)))
             inp = sched.scale_model_input(state, n)  # x_vp at timestep n
             t = torch.full((b,), float(t_table[i]), dtype=compute_dtype(x.dtype),
@@ -118,9 +142,8 @@ def diffusers_sampler(kind: str):
             xs = inp * float(norm[i])
             s = score(xs, t)
             loop.report(k, t, xs, s, Process(sde))
-            state = sched.step(eps_from_score(s, float(sigma[i])), n, state).prev_sample
-            loop.advance((k + 1) / len(sched.timesteps))
-        loop.close()
+            with _float32_default():
+                state = sched.step(eps_from_score(s, float(sigma[i])), n, state).prev_sample
         # With final sigma zero the last state is the x0 estimate (same in every coordinate).
         return state.to(x.dtype), {"scheduler": type(sched).__name__,
                                    "timesteps": [int(round(float(n))) for n in sched.timesteps]}

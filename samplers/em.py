@@ -87,13 +87,11 @@ def _nonlinear(score: Score, process: Process, x: Tensor, ts: Tensor, denoise: s
     g = process.diffusion(ts[:-1]).tolist()
     t_vec = ts.to(device=x.device, dtype=compute_dtype(x.dtype))
     x_mean = x
-    for i in range(len(h)):
+    for i in loop.range(len(h)):
         t = t_vec[i].expand(x.shape[0])
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         s = score(x, t)
         loop.report(i, t, x)
         x_mean = x + h[i] * reverse_drift(process, x, t, s)
         x = x_mean + g[i] * h[i] ** 0.5 * z
-        loop.advance((i + 1) / len(h))
-    loop.close()
     return x_mean if denoise == "mean" else x

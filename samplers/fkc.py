@@ -159,7 +159,7 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
     ess_trace, resampled = [], []
     lo_norm = math.log(n)
     steps = len(h)
-    for i in range(steps):
+    for i in loop.range(steps):
         t = t_vec[i].expand(b)
         if s is None:
             s = [score(x, t) for score in scores]
@@ -198,8 +198,6 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
             for _ in range(n_corrector):
                 x, s, acc = mala_move(scores, a, x, s, t1, snr, groups, generator)
                 accepted = accepted + acc.sum()
-        loop.advance((i + 1) / steps)
-    loop.close()
     lse = torch.logsumexp(logw, dim=1)
     log_z = log_z + lse - lo_norm
     logw = logw - lse[:, None]

@@ -9,15 +9,18 @@ N + 1 points; by default from T to eps). Each kind is uniform in its own coordin
     "logsnr"       log s = -lambda                (uniform in DPM-Solver's lambda_t)
     "interpolant"  tau = 1 / (1 + s)              (the closed-form sampler's interpolant time)
 
-or the user's own points (any decreasing sequence from t_start to t_end). Noise levels map back
-to t through the process (`Process.t_of_noise_level`), exactly for VP, VE and EDM and by
-float64 bisection otherwise.
+or the user's own points (any decreasing sequence from t_start to t_end), or the path of a JSON
+file holding them (a grid written by `samplers.optimize_grid`, or a plain list). Noise levels
+map back to t through the process (`Process.t_of_noise_level`), exactly for VP, VE and EDM and
+by float64 bisection otherwise.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -25,9 +28,10 @@ from torch import Tensor
 from samplers.plans import cached
 from scorekit.processes import SDE, Process
 
-__all__ = ["GRIDS", "TimeGrid", "time_grid"]
+__all__ = ["GRIDS", "TimeGrid", "time_grid", "load_grid", "GRID_FORMAT"]
 
 GRIDS = ("uniform", "quadratic", "edm", "logsnr", "interpolant")
+GRID_FORMAT = "scorekit-grid-1"  # the "format" field of a grid file
 _END_TOL = 1e-9  # relative slack for a user grid's end points
 
 
@@ -35,8 +39,9 @@ _END_TOL = 1e-9  # relative slack for a user grid's end points
 class TimeGrid:
     """A rule for placing N steps: a `kind` of `GRIDS` (with EDM's `rho`), or explicit `points`.
 
-    `TimeGrid.of(grid)` accepts a kind name, a TimeGrid, or a decreasing sequence / 1-D tensor
-    of times; `build(process, steps, t_start, t_end)` returns the float64 grid.
+    `TimeGrid.of(grid)` accepts a kind name, a TimeGrid, a decreasing sequence / 1-D tensor
+    of times, or the path of a grid file (`load_grid`); `build(process, steps, t_start,
+    t_end)` returns the float64 grid.
     """
 
     kind: str = "uniform"
@@ -47,10 +52,13 @@ class TimeGrid:
     def of(cls, grid: str | TimeGrid | Sequence[float] | Tensor, rho: float = 7.0) -> TimeGrid:
         if isinstance(grid, TimeGrid):
             return grid
-        if isinstance(grid, str):
+        if isinstance(grid, Path) or (isinstance(grid, str) and grid not in GRIDS
+                                      and (grid.endswith(".json") or Path(grid).is_file())):
+            grid = load_grid(grid)
+        elif isinstance(grid, str):
             if grid not in GRIDS:
-                raise ValueError(f"unknown grid {grid!r}; valid: {list(GRIDS)} or a decreasing "
-                                 f"sequence of times")
+                raise ValueError(f"unknown grid {grid!r}; valid: {list(GRIDS)}, a decreasing "
+                                 f"sequence of times, or a grid file (.json)")
             return cls(grid, float(rho))
         points = torch.as_tensor(grid, dtype=torch.float64)
         if points.dim() != 1 or points.numel() < 2:
@@ -129,3 +137,23 @@ def time_grid(sde: SDE | Process, steps: int, kind: str | TimeGrid | Sequence[fl
     kind (or user points) `kind`; see the module docstring."""
     process = sde if isinstance(sde, Process) else Process(sde)
     return TimeGrid.of(kind, rho).build(process, steps, t_start, t_end)
+
+
+def load_grid(path: str | Path) -> list[float]:
+    """The times of a grid file: one written by `samplers.optimize_grid` ({"format":
+    "scorekit-grid-1", "times": [...], ...}) or a JSON list of decreasing times."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"grid file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"grid file {path} is not JSON: {err}") from None
+    if isinstance(data, dict):
+        if data.get("format") != GRID_FORMAT or "times" not in data:
+            raise ValueError(f"{path} is not a grid file (expected format {GRID_FORMAT!r} with "
+                             f"'times')")
+        data = data["times"]
+    if not isinstance(data, list) or not all(isinstance(v, (int, float)) for v in data):
+        raise ValueError(f"{path} must hold a list of times")
+    return [float(v) for v in data]

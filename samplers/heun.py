@@ -40,7 +40,9 @@ def heun(score: Score, sde, x: Tensor, *, steps: int | None = None, grid=None, r
     is one Triton kernel on CUDA (see `samplers.kernels`). Deterministic: `generator` is unused.
     """
     check_choice(denoise, ("tweedie", "none"), "denoise")
-    grid = TimeGrid.of(grid or ("edm" if isinstance(sde, EDMSDE) else "uniform"), rho)
+    if grid is None:
+        grid = "edm" if isinstance(sde, EDMSDE) else "uniform"
+    grid = TimeGrid.of(grid, rho)
     steps = grid.steps(None if steps is None else steps - 1, 17) + 1  # grid points
     if steps < 2:
         raise ValueError(f"heun needs steps >= 2 (grid points from T to eps), got {steps}")

@@ -86,8 +86,9 @@ def jacobi(score: Score, sde: JacobiDiffusion, x: Tensor, *, steps: int = 200,
     v = _clip_known(stick_breaking_inverse(x), known, v_known, delta)
     t_vec = taus.to(device=x.device, dtype=compute_dtype(x.dtype))
     mean = v
-    n = len(hs)
-    for i, h in enumerate(hs.tolist()):
+    h_list = hs.tolist()
+    for i in loop.range(len(h_list)):
+        h = h_list[i]
         xs = stick_breaking(v)
         t = t_vec[i].expand(x.shape[0])
         gx = score(xs, t)
@@ -98,7 +99,5 @@ def jacobi(score: Score, sde: JacobiDiffusion, x: Tensor, *, steps: int = 200,
         mean = _clip_known(v + h * drift, known, v_known, delta)
         z = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
         v = _clip_known(mean + (h * g).sqrt() * z, known, v_known, delta)
-        loop.advance((i + 1) / n)
-    loop.close()
     return stick_breaking(mean), {"steps": len(hs), "time_dilation": time_dilation,
                                   "clip": delta}

@@ -57,10 +57,14 @@ class Loop:
         return self.callback is not None
 
     def steps(self, st: Any) -> Iterator[int]:
-        """The step indices 0 .. st.count - 1 of a fixed-step solve (kernel path: st's Philox
-        seed is drawn when the solve is built)."""
-        self._open(st.count)
-        for i in range(st.count):
+        """The step indices 0 .. st.count - 1 of a fixed-step solve on `samplers.kernels.Steps`
+        (which the CUDA-graph runner records instead of running)."""
+        return self.range(st.count)
+
+    def range(self, n: int) -> Iterator[int]:
+        """The step indices 0 .. n - 1 of a fixed-step loop, advancing the bar."""
+        self._open(n)
+        for i in range(n):
             yield i
             if self._bar is not None:
                 self._bar.update(1)

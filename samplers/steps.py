@@ -25,7 +25,7 @@ from scorekit.processes import EDMSDE, VESDE, VPSDE, Process, Score, per_sample
 from scorekit.processes.predictions import tweedie
 
 __all__ = ["DENOISE", "check_choice", "reverse_drift", "velocity", "em_coefficients",
-           "ancestral_coefficients", "pc_table", "heun_table", "ddim_coefficients",
+           "ancestral_coefficients", "pc_table", "heun_table", "ddim_coefficients", "lambda_table",
            "langevin_step_size", "langevin_move", "finish"]
 
 DENOISE = ("tweedie", "mean", "none")
@@ -117,6 +117,16 @@ def ddim_coefficients(process: Process, grid: Tensor) -> tuple[list[float], list
     k1 = (alpha[1:] / alpha[:-1]).tolist()
     k2 = (alpha[1:] * sigma[:-1] ** 2 / alpha[:-1] - sigma[1:] * sigma[:-1]).tolist()
     return k1, k2
+
+
+@cached
+def lambda_table(process: Process, grid: Tensor) -> tuple[list[float], ...]:
+    """Host float64 lists along the grid for the multistep solvers, which work in EDM's
+    rescaled variables x~ = x / alpha: (alpha_i, sigma_i, s_i = sigma_i / alpha_i,
+    lambda_i = -log s_i)."""
+    alpha, sigma = process.marginal(grid)
+    level = process.noise_level(grid)
+    return alpha.tolist(), sigma.tolist(), level.tolist(), (-torch.log(level)).tolist()
 
 
 # --- Langevin corrector (Song et al. 2021, Alg. 4) --------------------------------------------

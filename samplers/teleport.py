@@ -39,7 +39,8 @@ from scorekit.scores.gaussian import LowRankGaussian, eigh_desc
 
 MODES = ("ode", "marginal", "conditional")
 # Methods that integrate the probability-flow ODE: they take the deterministic teleport map.
-ODE_METHODS = ("ode", "heun", "dpm_solver", "unipc", "euler_diffusers", "closed_form")
+ODE_METHODS = ("ode", "heun", "dpm_solver", "unipc", "dpm_solver_diffusers", "unipc_diffusers",
+               "euler_diffusers", "closed_form")
 
 
 def _fingerprint(x: Tensor) -> str:

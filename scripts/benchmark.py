@@ -21,7 +21,7 @@ from scorekit.training.signals import StopRequested  # noqa: E402
 
 # suite name -> "module:function" under benchmarks/; add new suites here.
 SUITES = {"sudoku": "benchmarks.sudoku:run", "fd_nfe": "benchmarks.fd_nfe:run",
-          "hot_loop": "benchmarks.hot_loop:run"}
+          "hot_loop": "benchmarks.hot_loop:run", "frontier": "benchmarks.sampler_frontier:run"}
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:

@@ -6,13 +6,15 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_sampling_tour_runs():
+def test_readme_sampling_tour_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tour writes its tuned grid to grid8.json
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     tour = next(b for b in blocks if "samplers.sample(" in b)
     ns: dict = {}
     exec(compile(tour, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
     assert ns["res"].x.shape == (2000, 2)
     assert ns["nll"].shape == (2000,) and ns["nll"].isfinite().all()
+    assert (tmp_path / "grid8.json").is_file() and ns["g"]["gain"] > 1
 
 
 def test_readme_new_solver_block_runs():

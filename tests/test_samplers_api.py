@@ -34,7 +34,10 @@ EXPECTED = {
     "ode": ({}, None),
     "ggf": ({"rel_tol": 0.1}, None),
     "dpm_solver": ({}, 13),
+    "dpm_solver_sde": ({}, 13),
     "unipc": ({}, 13),
+    "dpm_solver_diffusers": ({}, 13),
+    "unipc_diffusers": ({}, 13),
     "euler_diffusers": ({}, 13),
     "closed_form": ({"denoise": "tweedie"}, 13 + 1),
     "fkc": ({"beta": 2.0}, 27),  # (1 predictor + 1 MALA move) per step, +1 first step
@@ -52,14 +55,17 @@ def test_every_method_has_an_nfe_expectation():
     assert sorted([*EXPECTED, *SIMPLEX]) == samplers.available()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("method", sorted(EXPECTED))
-def test_nfe_counted_by_calls(method):
+def test_nfe_counted_by_calls(method, dtype):
+    """Every method, in float32 and float64: samples of that dtype, NFE = rows the score saw."""
     sde = ReflectedSDE() if method.startswith("reflected_") else VPSDE()
     log = CallLog(_score(sde))
     n = 7
     opts, expected = EXPECTED[method]
     steps = None if method in ("ode", "ggf") else 13  # adaptive: tolerances, not steps
-    res = samplers.sample(log, sde, (n, 3), method=method, steps=steps, **opts)
+    res = samplers.sample(log, sde, (n, 3), method=method, steps=steps, dtype=dtype, **opts)
+    assert res.x.dtype == dtype and bool(torch.isfinite(res.x).all())
     assert res.nfe_per_sample.shape == (n,)
     assert res.nfe == res.nfe_per_sample.double().mean().item() == log.rows / n
     if expected is not None:

@@ -105,7 +105,7 @@ def test_heun_is_second_order(sde):
 
 def test_diffusers_alphas_cumprod_match_process():
     sde = VPSDE()
-    sched = make_scheduler("dpm_solver", sde)
+    sched = make_scheduler("dpm_solver_diffusers", sde)
     t, abar = _alpha_bar_table(sde, 1000)
     alpha, _ = sde._marginal(t)
     assert torch.allclose(abar, alpha**2, rtol=1e-12)
@@ -116,7 +116,8 @@ def test_diffusers_alphas_cumprod_match_process():
 # Observed max-error ratios per doubling (20 -> 40 -> 80 steps), all processes: Euler 2.0;
 # DPM-Solver++(2M) 2.9-4.5; UniPC 3.0-7.8 (its corrector raises the order). Bounds: first order
 # must halve, second order must beat 3.
-ORDER_BOUNDS = {"euler_diffusers": (1.7, 2.3), "dpm_solver": (3.0, 8.0), "unipc": (3.0, 9.0)}
+ORDER_BOUNDS = {"euler_diffusers": (1.7, 2.3), "dpm_solver_diffusers": (3.0, 8.0),
+                "unipc_diffusers": (3.0, 9.0)}
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
@@ -156,7 +157,7 @@ def test_diffusers_few_steps_beat_em():
 
     sde = VPSDE()
     gs = _gauss(sde)
-    a, b = _affine_output("dpm_solver", gs, sde, 10)
+    a, b = _affine_output("dpm_solver_diffusers", gs, sde, 10)
     cov_dpm = sde.prior_std**2 * a @ a.T
     grid = time_grid(sde, 9)  # 9 EM steps + Tweedie = 10 NFE
     m, c = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))

@@ -22,7 +22,8 @@ from scorekit.evaluation.metrics import frechet_distance, mmd, mode_metrics, sli
 
 
 class SamplingMixin:
-    """`sample`, `sample_to_disk`, `teleport_options` and `evaluate` of a Trainer."""
+    """`sample`, `sample_to_disk`, `optimize_grid`, `teleport_options` and `evaluate` of a
+    Trainer."""
 
     def sample(self, n: int, sampler: DictConfig | dict | None = None, use_ema: bool = True,
                seed: int = 1) -> samplers.SampleResult:
@@ -41,6 +42,29 @@ class SamplingMixin:
         return samplers.sample_to_disk(model, self.sde, out_dir, n, self.data.sample_shape,
                                        batch_size=batch_size, seed=seed, method=method,
                                        device=self.device, dtype=self.dtype, **options)
+
+    def optimize_grid(self, nfe: int, sampler: DictConfig | dict | None = None,
+                      use_ema: bool = True, n: int = 512, max_evals: int = 400,
+                      path: str | Path | None = None, progress: bool = True) -> dict:
+        """`samplers.optimize_grid` for this run's model: the grid of the sampler section's
+        method (a deterministic one: dpm_solver, unipc, heun, closed_form; its options and
+        teleport settings are kept, its steps and grid replaced) at `nfe` evaluations, tuned
+        on n prior draws; the training data set the error's scale. Written to `path` (default
+        `<run_dir>/grids/<method>_nfe<nfe>[_teleport].json`) for `sampler.grid=<file>`."""
+        model, method, options = self._sampler_setup(sampler, use_ema)
+        if method not in samplers.grid_opt.DETERMINISTIC:
+            raise ConfigError(f"sampler.method={method!r}: optimize_grid tunes "
+                              f"{sorted(samplers.grid_opt.DETERMINISTIC)}")
+        for key in ("steps", "grid"):
+            options.pop(key, None)
+        tag = "_teleport" if options.get("teleport") is not None else ""
+        path = Path(path) if path is not None else (
+            self.run_dir / "grids" / f"{method}_nfe{nfe}{tag}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = samplers.optimize_grid(model, self.sde, nfe, method, x_data=self.data.train,
+                                     n=n, max_evals=max_evals, path=path, device=self.device,
+                                     dtype=self.dtype, progress=progress, **options)
+        return {**res, "path": str(path)}
 
     def _sampler_setup(self, sampler: DictConfig | dict | None, use_ema: bool
                        ) -> tuple[torch.nn.Module, str, dict[str, Any]]:

@@ -1,0 +1,447 @@
+"""The sampler frontier: error vs NFE of every scorekit method and the peers' own samplers, side
+by side on the same exact scores, in one process.
+
+    python benchmarks/sampler_frontier.py [--quick] [--targets gauss16,gauss256,gmm64,ring2]
+        [--sdes vp,ve,edm] [--seeds 3] [--out-dir DIR]
+    python scripts/benchmark.py suite=frontier [quick=true] ...
+
+Targets (closed-form scores, float64): `gauss16` N(m, Q diag(lam) Q^T) with 16 eigenvalues
+log-uniform in [0.01, 1] (n = 20000); `gauss256` the same in 256-D with eigenvalues in [1e-3, 1]
+(n = 8000); `gmm64` 4 anisotropic modes in 64-D and `ring2` 8 modes on a 2-D ring (n = 20000).
+Error: Gaussians, the mean over eigendirections of |sample variance / lam - 1| plus the mean's
+error |u^T (mean - m)| / sqrt(lam) (its noise floor at n is printed); mixtures, |nll_gap|, the
+cross-entropy of the samples under the data minus the data's entropy, in nats per dimension.
+NFE grid {5, 8, 10, 15, 20, 35, 50, 100}; adaptive solvers on tolerance grids at their counted
+NFE. Every method starts from the same prior draws per seed; NFE is counted per call.
+Ours: every registered method that samples a linear process, with variants of grid and order
+(`RUNS`), deterministic ones also started by Gaussian teleportation ("+tp", t* from the
+explained-variance rule) and on grids tuned by `samplers.optimize_grid` at 5-20 NFE ("+opt",
+tuned on prior draws of their own). Peers: k-diffusion's samplers on Karras and exponential
+(log-uniform) sigmas (`benchmarks/_peers.py`), and diffusers' schedulers through the adapters.
+The Gaussians are sampled in their eigenbasis by the fixed-step solvers (the same law, O(n d)
+per call: `DiagonalGaussianScore`). Output: results/<name>.{json,md,png}: a table per target and
+process, the frontier (best of ours vs best peer per NFE, with standard errors over seeds), the
+tuned grids' gain over the best fixed grid and a Pareto plot. Resumable per (target, process,
+seed) block (`<name>.partial.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import samplers  # noqa: E402
+from benchmarks import _peers  # noqa: E402
+from benchmarks import nfe_quality as nq  # noqa: E402
+from benchmarks._report import RESULTS, environment, markdown_table, write  # noqa: E402
+from scorekit import io  # noqa: E402
+from scorekit.data.synthetic import gmm_params  # noqa: E402
+from scorekit.processes import Process  # noqa: E402
+from scorekit.scores import GaussianScore, GMMScore  # noqa: E402
+from scorekit.sde import EDMSDE, VESDE, VPSDE  # noqa: E402
+
+F64 = torch.float64
+NFE_GRID = [5, 8, 10, 15, 20, 35, 50, 100]
+QUICK_NFE = [10, 20]
+ODE_TOLS = [1e-2, 1e-3, 1e-4]
+GGF_RTOLS = [0.1, 0.05, 0.02]
+KD_RTOLS = [0.1, 0.05, 0.02]
+SDES = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
+TARGET_N = {"gauss16": 20000, "ring2": 20000, "gauss256": 8000, "gmm64": 20000}
+
+# Registered methods run here: label -> (method, fixed options, how steps follow from the NFE
+# budget, family). Steps: "points" steps = NFE (multistep solvers; the last evaluation is the
+# final denoise); "tweedie" steps = NFE - 1 (+ the final Tweedie); "heun" 2 steps - 1; "pc"
+# 2 per step + 1; "adaptive" a tolerance grid. "fkc" samples p^beta, another target: not here.
+# diffusers' schedulers (through the adapters, on a logSNR table) are peers.
+RUNS = {
+    "dpm_solver": ("dpm_solver", {}, "points", "ours"),
+    "dpm_solver_2m": ("dpm_solver", {"order": 2}, "points", "ours"),
+    "dpm_solver_3m": ("dpm_solver", {"order": 3}, "points", "ours"),
+    "dpm_solver_edm": ("dpm_solver", {"grid": "edm"}, "points", "ours"),
+    "unipc": ("unipc", {}, "points", "ours"),
+    "unipc_2c": ("unipc", {"order": 2, "corrector": True}, "points", "ours"),
+    "unipc_3c": ("unipc", {"order": 3, "corrector": True}, "points", "ours"),
+    "dpm_solver_sde": ("dpm_solver_sde", {}, "points", "ours"),
+    "heun_uniform": ("heun", {"grid": "uniform"}, "heun", "ours"),
+    "heun_quadratic": ("heun", {"grid": "quadratic"}, "heun", "ours"),
+    "heun_logsnr": ("heun", {"grid": "logsnr"}, "heun", "ours"),
+    "heun_edm": ("heun", {"grid": "edm"}, "heun", "ours"),
+    "em": ("em", {}, "tweedie", "ours"),
+    "em_logsnr": ("em", {"grid": "logsnr"}, "tweedie", "ours"),
+    "em_quadratic": ("em", {"grid": "quadratic"}, "tweedie", "ours"),
+    "pc": ("pc", {}, "pc", "ours"),
+    "closed_form": ("closed_form", {}, "tweedie", "ours"),
+    "ode": ("ode", {}, "adaptive", "ours"),
+    "ggf": ("ggf", {}, "adaptive", "ours"),
+    "diffusers_dpm++2m": ("dpm_solver_diffusers", {}, "points", "peer"),
+    "diffusers_unipc": ("unipc_diffusers", {}, "points", "peer"),
+    "diffusers_euler": ("euler_diffusers", {}, "points", "peer"),
+}
+TELEPORTED = ("dpm_solver", "unipc", "heun_logsnr", "em_logsnr")
+for _label in TELEPORTED:
+    RUNS[f"{_label}+tp"] = (*RUNS[_label][:3], "ours")
+# Grids tuned by samplers.optimize_grid at these budgets ("+opt"), against the best fixed grid.
+OPT_NFE = (5, 8, 10, 15, 20)
+FIXED_GRIDS = {"dpm_solver": ("dpm_solver", "dpm_solver_edm"), "unipc": ("unipc",),
+               "heun": ("heun_uniform", "heun_quadratic", "heun_logsnr", "heun_edm")}
+for _label, _kind in (("dpm_solver", "points"), ("unipc", "points"), ("heun", "heun")):
+    RUNS[f"{_label}+opt"] = (_label, {}, _kind, "ours")
+QUICK_RUNS = ("dpm_solver", "unipc", "heun_edm", "dpm_solver+opt")
+# The 64-D mixture's score costs O(n K d^2) per call (no diagonal frame): there the variants of
+# grid and order that the other targets rank are left out, each method runs in its defaults.
+SKIP = {"gmm64": ("dpm_solver_2m", "unipc_2c", "unipc_3c", "heun_uniform", "heun_quadratic",
+                  "heun_logsnr", "em_logsnr", "em_quadratic", "heun_logsnr+tp", "em_logsnr+tp",
+                  "unipc+opt", "heun+opt")}
+
+
+def steps_for(kind: str, nfe: int) -> int | None:
+    return {"points": nfe if nfe >= 2 else None, "tweedie": nfe - 1 if nfe >= 2 else None,
+            "heun": (nfe + 1) // 2 if nfe >= 3 else None,
+            "pc": (nfe - 1) // 2 if nfe >= 3 else None}[kind]
+
+
+class DiagonalGaussianScore:
+    """The exact score of N(m, diag(lam)) noised by `sde`, O(n d) per call: the Gaussian
+    targets in their eigenbasis. Every fixed-step solver (ours and the peers') is equivariant
+    under rotations (a linear combination of x, the score and isotropic noise per step), so it
+    samples these there at the same law as in the rotated basis; the adaptive ones (GGF,
+    torchdiffeq, k-diffusion's dpm_adaptive) measure error per coordinate, which depends on the
+    basis, and run on the rotated target from the same (rotated) prior draws."""
+
+    def __init__(self, m: torch.Tensor, lam: torch.Tensor, sde):
+        self.m, self.lam, self.process = m, lam, Process(sde)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = self.process.marginal(t.to(x.dtype))
+        a, sg = alpha[:, None], sigma[:, None]
+        return -(x - a * self.m.to(x.dtype)) / (a * a * self.lam.to(x.dtype) + sg * sg)
+
+
+class Target:
+    """A closed-form score with its error measure and noise floor. Gaussians have a second,
+    diagonal frame (`fast`, `DiagonalGaussianScore`) for the fixed-step solvers."""
+
+    def __init__(self, name: str, sde, n: int):
+        self.name, self.sde, self.n = name, sde, n
+        self.q = None
+        if name.startswith("gauss"):
+            d, lo = (16, 1e-2) if name == "gauss16" else (256, 1e-3)
+            g = torch.Generator().manual_seed(0)
+            q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
+            self.lam = torch.logspace(math.log10(lo), 0.0, d, dtype=F64)
+            self.m = 0.5 * torch.randn(d, generator=g, dtype=F64)
+            self.q = q
+            self.score = GaussianScore(self.m, q @ torch.diag(self.lam) @ q.T, sde)
+            self.fast = DiagonalGaussianScore(self.m @ q, self.lam, sde)
+            self.mean, self.cov = self.fast.m, torch.diag(self.lam)  # of the fast frame
+        else:
+            params = gmm_params(layout="ring") if name == "ring2" else nq.gmm64_params(64)
+            self.score = GMMScore(*params, sde)
+            self.fast = self.score
+            self.mean, self.cov = nq.mixture_moments(*params)  # for the teleport's Gaussian
+            big = self.score.sample_data(200_000, generator=torch.Generator().manual_seed(999))
+            self.entropy = float(nq.data_nll(self.score, big).mean())
+        self.dim = self.score.dim
+
+    def frame(self, adaptive: bool, x_t: torch.Tensor) -> tuple:
+        """(score, prior draws, error function) of the frame a method runs in; x_t are the
+        draws in the fast frame (the rotated frame gets x_t Q^T: the same draws)."""
+        if self.q is None or not adaptive:
+            return self.fast, x_t, (self.error_fast if self.q is not None else self.error)
+        return self.score, x_t @ self.q.T, self.error
+
+    def error(self, x: torch.Tensor) -> float:
+        x = x.double()
+        if self.q is not None:
+            return self.error_fast(x @ self.q)
+        return abs(float(nq.data_nll(self.score, x).mean()) - self.entropy)
+
+    def error_fast(self, y: torch.Tensor) -> float:
+        """The Gaussian error in the eigenbasis: mean |var / lam - 1| + mean |mean error| /
+        sqrt(lam) over the eigendirections."""
+        y = y.double() - self.fast.m
+        return float((y.var(0) / self.lam - 1).abs().mean()
+                     + (y.mean(0) / self.lam.sqrt()).abs().mean())
+
+    def floor(self, seed: int) -> float:
+        return self.error(self.score.sample_data(self.n,
+                                                 generator=torch.Generator().manual_seed(seed)))
+
+
+def _registered(target: Target, label: str, nfe_grid: list[int], x_t: torch.Tensor, tp,
+                t_star: float, grids: dict) -> list[dict]:
+    """One registered method (RUNS[label]) on the NFE grid (or its tolerance grid); "+opt"
+    labels sample on the grids tuned for the target (`grids`: nfe -> times)."""
+    method, fixed, kind, family = RUNS[label]
+    score, x_t, error = target.frame(kind == "adaptive", x_t)
+    extra = {"teleport": tp, "t_start": t_star} if label.endswith("+tp") else {}
+    if method == "pc":
+        extra["snr"] = 0.01 if isinstance(target.sde, VPSDE) else 0.16
+    if kind == "adaptive":
+        settings = ([{"rtol": r, "atol": r} for r in ODE_TOLS] if method == "ode" else
+                    [{"abs_tol": 2 / 256, "rel_tol": r} for r in GGF_RTOLS])
+    elif label.endswith("+opt"):
+        settings = [{"grid": grids[n]} for n in nfe_grid if n in grids]
+    else:
+        settings = [{"steps": s} for s in (steps_for(kind, n) for n in nfe_grid) if s]
+    rows = []
+    for opts in settings:
+        t0 = time.perf_counter()
+        res = samplers.sample(score, target.sde, tuple(x_t.shape), method=method,
+                              dtype=F64, x_init=x_t, generator=torch.Generator().manual_seed(7),
+                              **fixed, **extra, **opts)
+        setting = (f"tuned grid, {len(opts['grid'])} points" if "grid" in opts else
+                   ", ".join(f"{k}={v:g}" for k, v in opts.items()))
+        rows.append({"method": label, "family": family, "nfe": res.nfe, "error": error(res.x),
+                     "time_s": time.perf_counter() - t0, "setting": setting})
+    return rows
+
+
+def _peer_rows(target: Target, nfe_grid: list[int], x_t: torch.Tensor, seed: int,
+               quick: bool) -> list[dict]:
+    rows = []
+    _, _, fast_error = target.frame(False, x_t)
+    score, x_rot, error = target.frame(True, x_t)
+    kd = _peers.k_diffusion()
+    if isinstance(kd, str):
+        return [{"method": "k-diffusion", "family": "peer", "status": kd}]
+    names = ("dpmpp_2m", "euler") if quick else _peers.KD_SAMPLERS
+    for name in names:
+        for kind in _peers.SIGMAS:
+            for nfe in nfe_grid:
+                t0 = time.perf_counter()
+                out = _peers.run_kd(name, kind, nfe, target.fast, target.sde, x_t, seed)
+                if out is not None:
+                    rows.append({"method": f"kd_{name}_{kind}", "family": "peer",
+                                 "nfe": out[1], "error": fast_error(out[0]),
+                                 "time_s": time.perf_counter() - t0, "setting": f"n={nfe}"})
+    for rtol in ([] if quick else KD_RTOLS):
+        x0, nfe = _peers.run_kd_adaptive(rtol, score, target.sde, x_rot, seed)
+        rows.append({"method": "kd_dpm_adaptive", "family": "peer", "nfe": nfe,
+                     "error": error(x0), "setting": f"rtol={rtol:g}"})
+    return rows
+
+
+def tuned_grids(target: Target, nfe_grid: list[int], method: str) -> dict[int, list[float]]:
+    """`samplers.optimize_grid` for `method` at each budget of `OPT_NFE` in the grid, tuned
+    on 512 prior draws of their own (seed 12345, none of the evaluation seeds')."""
+    out = {}
+    for nfe in (n for n in nfe_grid if n in OPT_NFE):
+        res = samplers.optimize_grid(target.fast, target.sde, nfe, method,
+                                     sample_shape=(target.dim,), n=512, seed=12345,
+                                     dtype=F64, progress=False)
+        out[nfe] = res["times"]
+    return out
+
+
+def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] | None = None,
+        seeds: int = 3, out_dir: str | None = None, name: str | None = None) -> dict:
+    """Measure every (target, process, method, NFE) and write results/<name>.{json,md,png}.
+
+    Each (process, target, seed) block is kept in <out_dir>/<name>.partial.json as it
+    finishes: rerunning the same command after an interruption does only the missing blocks
+    (delete that file to start over)."""
+    targets = targets or (["gauss16"] if quick else list(TARGET_N))
+    sdes = sdes or (["vp"] if quick else list(SDES))
+    nfe_grid = QUICK_NFE if quick else NFE_GRID
+    seeds = 1 if quick else seeds
+    labels = list(QUICK_RUNS if quick else RUNS)
+    name = name or ("sampler_frontier_quick" if quick else "sampler_frontier")
+    out = Path(out_dir) if out_dir else RESULTS
+    partial = out / f"{name}.partial.json"
+    config = {"quick": quick, "nfe_grid": nfe_grid, "labels": labels}
+    done = json.loads(partial.read_text()) if partial.is_file() else {}
+    if done.get("config") != config:
+        done = {"config": config, "blocks": {}}
+    for tname in targets:
+        for sde_name in sdes:
+            sde = SDES[sde_name]()
+            n = 2000 if quick else TARGET_N[tname]
+            todo = [s for s in range(seeds) if f"{sde_name}/{tname}/{s}" not in done["blocks"]]
+            if not todo:
+                continue
+            target = Target(tname, sde, n)
+            tp = samplers.GaussianTeleport(target.mean, target.cov, sde)
+            t_star, _ = tp.suggest_t_start(target.fast, thresh=0.99,
+                                           generator=torch.Generator().manual_seed(0))
+            grids = {m: tuned_grids(target, nfe_grid, m) for m in
+                     {RUNS[lb][0] for lb in labels
+                      if lb.endswith("+opt") and lb not in SKIP.get(tname, ())}}
+            for seed in todo:
+                t0 = time.perf_counter()
+                x_t = sde.prior_sample((n, target.dim), generator=torch.Generator()
+                                       .manual_seed(100 + seed), dtype=F64)
+                base = {"target": tname, "sde": sde_name, "seed": seed}
+                rows = [{**base, "method": "noise floor", "family": "floor", "nfe": 0.0,
+                         "error": target.floor(500 + seed)}]
+                for label in (lb for lb in labels if lb not in SKIP.get(tname, ())):
+                    tuned = grids.get(RUNS[label][0], {})
+                    rows += [{**base, **r} for r in _registered(target, label, nfe_grid, x_t, tp,
+                                                                t_star, tuned)]
+                rows += [{**base, **r} for r in _peer_rows(target, nfe_grid, x_t, seed, quick)]
+                done["blocks"][f"{sde_name}/{tname}/{seed}"] = rows
+                out.mkdir(parents=True, exist_ok=True)
+                io.write_text_atomic(partial, json.dumps(done))
+                print(f"{sde_name} {tname} seed {seed}: {len(rows)} rows in "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+    rows = [r for key, block in done["blocks"].items() for r in block
+            if key.split("/")[0] in sdes and key.split("/")[1] in targets
+            and int(key.split("/")[2]) < seeds]
+    payload = {"quick": quick, "targets": targets, "sdes": sdes, "seeds": seeds,
+               "nfe_grid": nfe_grid, "rows": rows, "env": environment(),
+               "k_diffusion": _peers.kd_version()}
+    payload["summary"] = summarise(rows)
+    payload["frontier"] = frontier(payload["summary"], nfe_grid)
+    payload["grid_gain"] = grid_gain(payload["summary"])
+    write(name, payload, report(payload), out)
+    plot(payload, out / f"{name}.png")
+    return payload
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and standard error over seeds per (target, sde, method, setting)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "error" in r:
+            groups.setdefault((r["target"], r["sde"], r["method"], r.get("setting", ""),
+                               r["family"]), []).append(r)
+    out = []
+    for (target, sde, method, setting, family), rs in groups.items():
+        errs = [r["error"] for r in rs]
+        mean = sum(errs) / len(errs)
+        se = (sum((e - mean) ** 2 for e in errs) / max(len(errs) - 1, 1) / len(errs)) ** 0.5
+        out.append({"target": target, "sde": sde, "method": method, "setting": setting,
+                    "family": family, "nfe": sum(r["nfe"] for r in rs) / len(rs),
+                    "error": mean, "se": se})
+    return out
+
+
+def frontier(summary: list[dict], nfe_grid: list[int]) -> list[dict]:
+    """Per (target, sde, NFE budget): the best of ours and the best peer among settings that
+    spend at most that NFE (adaptive ones at their counted mean), and their ratio."""
+    out = []
+    for target, sde in sorted({(r["target"], r["sde"]) for r in summary}):
+        rs = [r for r in summary if (r["target"], r["sde"]) == (target, sde)]
+        floor = next((r for r in rs if r["family"] == "floor"), None)
+        for nfe in nfe_grid:
+            best = {}
+            for fam in ("ours", "peer"):
+                cands = [r for r in rs if r["family"] == fam and r["nfe"] <= nfe * 1.05]
+                if cands:
+                    best[fam] = min(cands, key=lambda r: r["error"])
+            if len(best) < 2:
+                continue
+            o, p = best["ours"], best["peer"]
+            slack = 2 * math.hypot(o["se"], p["se"])
+            out.append({"target": target, "sde": sde, "nfe": nfe,
+                        "ours": o["method"], "ours_error": o["error"], "ours_se": o["se"],
+                        "peer": p["method"], "peer_error": p["error"], "peer_se": p["se"],
+                        "ratio": o["error"] / max(p["error"], 1e-300),
+                        # 1e-6: the same solver in another library, equal to rounding
+                        "at_or_below": o["error"] <= p["error"] * (1 + 1e-6) + slack,
+                        "floor": floor["error"] if floor else None})
+    return out
+
+
+def grid_gain(summary: list[dict]) -> list[dict]:
+    """Per (target, sde, method, NFE) with a tuned grid: its error against the best fixed grid
+    of the same method at the same NFE (`FIXED_GRIDS`), and their ratio."""
+    out = []
+    for r in (r for r in summary if r["method"].endswith("+opt")):
+        base = r["method"][:-len("+opt")]
+        fixed = [f for f in summary if f["method"] in FIXED_GRIDS[base]
+                 and (f["target"], f["sde"]) == (r["target"], r["sde"])
+                 and abs(f["nfe"] - r["nfe"]) < 0.5]
+        if fixed:
+            best = min(fixed, key=lambda f: f["error"])
+            out.append({"target": r["target"], "sde": r["sde"], "method": base,
+                        "nfe": r["nfe"], "tuned_error": r["error"], "tuned_se": r["se"],
+                        "best_fixed": best["method"], "fixed_error": best["error"],
+                        "gain": best["error"] / max(r["error"], 1e-300)})
+    return sorted(out, key=lambda g: (g["target"], g["sde"], g["method"], g["nfe"]))
+
+
+def report(payload: dict) -> str:
+    env = payload["env"]
+    md = [f"# Sampler frontier{' (quick)' if payload['quick'] else ''}", "",
+          f"commit {env['commit']}{' (dirty)' if env.get('dirty') else ''}; command "
+          f"`{env.get('command', '')}`; torch {env['torch']}; k-diffusion "
+          f"{payload['k_diffusion']}; {payload['seeds']} seed(s); float64, exact scores.", "",
+          "Error: Gaussians, mean |var/lam - 1| over eigendirections + the mean's error; "
+          "mixtures, |cross-entropy - entropy| per dimension. `at_or_below`: ours <= peer + 2 "
+          "combined standard errors. Budgets: the best setting spending at most that NFE.", "",
+          "## Frontier: best of ours vs best peer", "",
+          markdown_table(payload["frontier"], ["target", "sde", "nfe", "ours", "ours_error",
+                                               "peer", "peer_error", "ratio", "at_or_below",
+                                               "floor"]),
+          "", "## Tuned grids (samplers.optimize_grid) vs the best fixed grid", "",
+          markdown_table(payload["grid_gain"], ["target", "sde", "method", "nfe", "tuned_error",
+                                                "best_fixed", "fixed_error", "gain"])]
+    for target, sde in sorted({(r["target"], r["sde"]) for r in payload["summary"]}):
+        rs = [r for r in payload["summary"] if (r["target"], r["sde"]) == (target, sde)]
+        md += ["", f"## {target}, {sde}", "",
+               markdown_table(sorted(rs, key=lambda r: (r["family"], r["method"], r["nfe"])),
+                              ["family", "method", "setting", "nfe", "error", "se"])]
+    return "\n".join(md) + "\n"
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["target"], r["sde"]) for r in payload["summary"]})
+    cols = min(3, len(keys))
+    rows_n = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4 * rows_n), squeeze=False)
+    for ax, (target, sde) in zip(axes.flat, keys, strict=False):
+        fr = [r for r in payload["frontier"] if (r["target"], r["sde"]) == (target, sde)]
+        rs = [r for r in payload["summary"] if (r["target"], r["sde"]) == (target, sde)]
+        for fam, color in (("ours", "tab:blue"), ("peer", "tab:red")):
+            pts = [(r["nfe"], r["error"]) for r in rs if r["family"] == fam and r["nfe"] > 0]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), s=6, alpha=0.25, color=color)
+        for key, color, label in (("ours_error", "tab:blue", "scorekit (best)"),
+                                  ("peer_error", "tab:red", "peers (best)")):
+            if fr:
+                ax.plot([r["nfe"] for r in fr], [r[key] for r in fr], "o-", color=color,
+                        label=label)
+        floor = next((r["error"] for r in rs if r["family"] == "floor"), None)
+        if floor:
+            ax.axhline(floor, color="gray", ls=":", label="noise floor")
+        ax.set(xscale="log", yscale="log", xlabel="NFE per sample", ylabel="error",
+               title=f"{target}, {sde}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--targets", default=None, help="comma list of " + ",".join(TARGET_N))
+    ap.add_argument("--sdes", default=None, help="comma list of " + ",".join(SDES))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results/")
+    ap.add_argument("--name", default=None)
+    args = ap.parse_args()
+    split = lambda v: v.split(",") if v else None  # noqa: E731
+    run(args.quick, split(args.targets), split(args.sdes), args.seeds, args.out_dir, args.name)
+
+
+if __name__ == "__main__":
+    main()
