@@ -106,9 +106,15 @@ def run_kd(name: str, kind: str, nfe: int, score, sde, x_t: Tensor, seed: int
     model = Denoiser(score, sde)
     alpha_t = float(Process(sde).alpha(torch.tensor([sde.T], dtype=torch.float64)))
     sig = sigmas(kind, n, sde, x_t.dtype).to(x_t.device)
-    torch.manual_seed(seed)  # the SDE samplers' Brownian trees draw from the global RNG
+    torch.manual_seed(seed)  # the SDE samplers' noise draws from the global RNG
+    x_tilde = x_t / alpha_t
+    # The SDE samplers default to a Brownian tree (torchsde), which makes a run reproducible
+    # across step counts but costs ~40x the rest of the sampler here; k-diffusion's own
+    # default_noise_sampler draws independent N(0, I) per step, the same law per run.
+    opts = ({"noise_sampler": kd.default_noise_sampler(x_tilde)} if name.endswith("_sde")
+            else {})
     with torch.no_grad():
-        x0 = getattr(kd, f"sample_{name}")(model, x_t / alpha_t, sig, disable=True)
+        x0 = getattr(kd, f"sample_{name}")(model, x_tilde, sig, disable=True, **opts)
     return x0, float(model.calls)
 
 

@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import samplers  # noqa: E402
+from benchmarks._peers import Denoiser, k_diffusion  # noqa: E402
+from benchmarks._peers import sigmas as kd_sigmas  # noqa: E402
 from benchmarks._report import RESULTS, environment, markdown_table, write  # noqa: E402
 from samplers.diffusers_adapter import _alpha_bar_table, trained_betas  # noqa: E402
 from scorekit.nets.mlp import MLPScore  # noqa: E402
@@ -163,19 +165,13 @@ def diffusers_ancestral(score: Callable, sde: VPSDE, shape: tuple[int, ...], n: 
 
 def kdiffusion_ancestral(score: Callable, sde: VPSDE, shape: tuple[int, ...], n: int,
                          g: torch.Generator) -> torch.Tensor:
-    """k-diffusion's sample_euler_ancestral with the VE-form denoiser D = x~ + s^2 score."""
-    from k_diffusion.sampling import get_sigmas_karras, sample_euler_ancestral
-
-    lo, hi = sde.noise_level(torch.tensor([sde.eps, sde.T], dtype=torch.float64)).tolist()
-    sigmas = get_sigmas_karras(n, lo, hi, device=g.device)
-
-    def denoise(xs: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
-        t = sde.t_of_noise_level(sig.double()).to(xs.dtype).expand(shape[0])
-        alpha = torch.rsqrt(1 + sig**2)
-        return xs + sig**2 * alpha * score(xs * alpha, t)
-
-    x = torch.randn(shape, generator=g, device=g.device) * sigmas[0]
-    return sample_euler_ancestral(denoise, x, sigmas, disable=True)
+    """k-diffusion's sample_euler_ancestral on Karras sigmas with the denoiser of the same score
+    (benchmarks._peers.Denoiser: D(x~, s) in EDM's variables)."""
+    kd = k_diffusion()
+    sig = kd_sigmas("karras", n, sde, torch.float32).to(g.device)
+    x = torch.randn(shape, generator=g, device=g.device) * sig[0]
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=g, device=g.device)))
+    return kd.sample_euler_ancestral(Denoiser(score, sde), x, sig, disable=True)
 
 
 def scorekit_em(variant: str) -> Callable:
@@ -194,13 +190,14 @@ def contenders(device: str) -> dict[str, Callable | str]:
     """Name -> runner, or a string saying why the contender does not run here."""
     out: dict[str, Callable | str] = {"plain": plain_em}
     for name, module, fn in (("torchsde", "torchsde", torchsde_em),
-                             ("diffusers", "diffusers", diffusers_ancestral),
-                             ("k_diffusion", "k_diffusion.sampling", kdiffusion_ancestral)):
+                             ("diffusers", "diffusers", diffusers_ancestral)):
         try:
             __import__(module)
             out[name] = fn
         except Exception as err:  # noqa: BLE001 - a peer that does not import is recorded
             out[name] = f"not importable ({type(err).__name__}: {str(err)[:80]})"
+    kd = k_diffusion()  # loaded without its training stack (see benchmarks._peers)
+    out["k_diffusion"] = kd if isinstance(kd, str) else kdiffusion_ancestral
     out["scorekit"] = scorekit_em("eager")
     cuda = device == "cuda"
     out["scorekit+fused"] = scorekit_em("fused") if cuda else "CUDA only (Triton kernels)"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import samplers  # noqa: E402
 from benchmarks import _peers  # noqa: E402
 from benchmarks import nfe_quality as nq  # noqa: E402
-from benchmarks._report import RESULTS, environment, markdown_table, write  # noqa: E402
+from benchmarks._report import RESULTS, environment, markdown_table, nfe_at, write  # noqa: E402
 from scorekit import io  # noqa: E402
 from scorekit.data.synthetic import gmm_params  # noqa: E402
 from scorekit.processes import Process  # noqa: E402
@@ -54,6 +54,10 @@ QUICK_NFE = [10, 20]
 ODE_TOLS = [1e-2, 1e-3, 1e-4]
 GGF_RTOLS = [0.1, 0.05, 0.02]
 KD_RTOLS = [0.1, 0.05, 0.02]
+# EM beyond the grid on the Gaussian targets (cheap in their diagonal frame), so the adaptive
+# solvers' counted NFE can be set against the NFE EM needs for the same error (`adaptive_vs_em`).
+EM_LONG = [200, 400, 800]
+EM_LONG_TARGETS = ("gauss16", "gauss256")
 SDES = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
 TARGET_N = {"gauss16": 20000, "ring2": 20000, "gauss256": 8000, "gmm64": 20000}
 
@@ -178,9 +182,10 @@ class Target:
 
 
 def _registered(target: Target, label: str, nfe_grid: list[int], x_t: torch.Tensor, tp,
-                t_star: float, grids: dict) -> list[dict]:
+                t_star: float, grids: dict, seed: int) -> list[dict]:
     """One registered method (RUNS[label]) on the NFE grid (or its tolerance grid); "+opt"
-    labels sample on the grids tuned for the target (`grids`: nfe -> times)."""
+    labels sample on the grids tuned for the target (`grids`: nfe -> times). The sampler's
+    own noise (SDE methods, teleported draws) is seeded by `seed` as the prior draws are."""
     method, fixed, kind, family = RUNS[label]
     score, x_t, error = target.frame(kind == "adaptive", x_t)
     extra = {"teleport": tp, "t_start": t_star} if label.endswith("+tp") else {}
@@ -197,7 +202,8 @@ def _registered(target: Target, label: str, nfe_grid: list[int], x_t: torch.Tens
     for opts in settings:
         t0 = time.perf_counter()
         res = samplers.sample(score, target.sde, tuple(x_t.shape), method=method,
-                              dtype=F64, x_init=x_t, generator=torch.Generator().manual_seed(7),
+                              dtype=F64, x_init=x_t,
+                              generator=torch.Generator().manual_seed(7 + 1000 * seed),
                               **fixed, **extra, **opts)
         setting = (f"tuned grid, {len(opts['grid'])} points" if "grid" in opts else
                    ", ".join(f"{k}={v:g}" for k, v in opts.items()))
@@ -266,7 +272,9 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
         for sde_name in sdes:
             sde = SDES[sde_name]()
             n = 2000 if quick else TARGET_N[tname]
-            todo = [s for s in range(seeds) if f"{sde_name}/{tname}/{s}" not in done["blocks"]]
+            long = not quick and tname in EM_LONG_TARGETS
+            todo = [s for s in range(seeds) if f"{sde_name}/{tname}/{s}" not in done["blocks"]
+                    or (long and f"{sde_name}/{tname}/{s}/em_long" not in done["blocks"])]
             if not todo:
                 continue
             target = Target(tname, sde, n)
@@ -281,14 +289,23 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
                 x_t = sde.prior_sample((n, target.dim), generator=torch.Generator()
                                        .manual_seed(100 + seed), dtype=F64)
                 base = {"target": tname, "sde": sde_name, "seed": seed}
+                key = f"{sde_name}/{tname}/{seed}"
+                if long and f"{key}/em_long" not in done["blocks"]:
+                    done["blocks"][f"{key}/em_long"] = [
+                        {**base, **r} for r in _registered(target, "em", EM_LONG, x_t, tp,
+                                                           t_star, {}, seed)]
+                    out.mkdir(parents=True, exist_ok=True)
+                    io.write_text_atomic(partial, json.dumps(done))
+                if key in done["blocks"]:
+                    continue
                 rows = [{**base, "method": "noise floor", "family": "floor", "nfe": 0.0,
                          "error": target.floor(500 + seed)}]
                 for label in (lb for lb in labels if lb not in SKIP.get(tname, ())):
                     tuned = grids.get(RUNS[label][0], {})
                     rows += [{**base, **r} for r in _registered(target, label, nfe_grid, x_t, tp,
-                                                                t_star, tuned)]
+                                                                t_star, tuned, seed)]
                 rows += [{**base, **r} for r in _peer_rows(target, nfe_grid, x_t, seed, quick)]
-                done["blocks"][f"{sde_name}/{tname}/{seed}"] = rows
+                done["blocks"][key] = rows
                 out.mkdir(parents=True, exist_ok=True)
                 io.write_text_atomic(partial, json.dumps(done))
                 print(f"{sde_name} {tname} seed {seed}: {len(rows)} rows in "
@@ -302,6 +319,7 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
     payload["summary"] = summarise(rows)
     payload["frontier"] = frontier(payload["summary"], nfe_grid)
     payload["grid_gain"] = grid_gain(payload["summary"])
+    payload["adaptive_vs_em"] = adaptive_vs_em(payload["summary"])
     write(name, payload, report(payload), out)
     plot(payload, out / f"{name}.png")
     return payload
@@ -327,28 +345,32 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def frontier(summary: list[dict], nfe_grid: list[int]) -> list[dict]:
     """Per (target, sde, NFE budget): the best of ours and the best peer among settings that
-    spend at most that NFE (adaptive ones at their counted mean), and their ratio."""
+    spend at most that NFE (adaptive ones at their counted mean), and their ratio; the same
+    for our best without teleportation ("+tp", which is exact on the Gaussian targets)."""
     out = []
     for target, sde in sorted({(r["target"], r["sde"]) for r in summary}):
         rs = [r for r in summary if (r["target"], r["sde"]) == (target, sde)]
         floor = next((r for r in rs if r["family"] == "floor"), None)
         for nfe in nfe_grid:
-            best = {}
-            for fam in ("ours", "peer"):
-                cands = [r for r in rs if r["family"] == fam and r["nfe"] <= nfe * 1.05]
-                if cands:
-                    best[fam] = min(cands, key=lambda r: r["error"])
-            if len(best) < 2:
+            def best(keep, rs=rs, nfe=nfe):
+                cands = [r for r in rs if keep(r) and r["nfe"] <= nfe * 1.05]
+                return min(cands, key=lambda r: r["error"]) if cands else None
+
+            o = best(lambda r: r["family"] == "ours")
+            p = best(lambda r: r["family"] == "peer")
+            n = best(lambda r: r["family"] == "ours" and not r["method"].endswith("+tp"))
+            if o is None or p is None or n is None:
                 continue
-            o, p = best["ours"], best["peer"]
-            slack = 2 * math.hypot(o["se"], p["se"])
-            out.append({"target": target, "sde": sde, "nfe": nfe,
-                        "ours": o["method"], "ours_error": o["error"], "ours_se": o["se"],
-                        "peer": p["method"], "peer_error": p["error"], "peer_se": p["se"],
-                        "ratio": o["error"] / max(p["error"], 1e-300),
-                        # 1e-6: the same solver in another library, equal to rounding
-                        "at_or_below": o["error"] <= p["error"] * (1 + 1e-6) + slack,
-                        "floor": floor["error"] if floor else None})
+            row = {"target": target, "sde": sde, "nfe": nfe}
+            for key, r in (("ours", o), ("no_tp", n), ("peer", p)):
+                row.update({key: r["method"], f"{key}_error": r["error"], f"{key}_se": r["se"]})
+            for key, r in (("", o), ("_no_tp", n)):
+                slack = 2 * math.hypot(r["se"], p["se"])
+                row[f"ratio{key}"] = r["error"] / max(p["error"], 1e-300)
+                # 1e-6: the same solver in another library, equal to rounding
+                row[f"at_or_below{key}"] = r["error"] <= p["error"] * (1 + 1e-6) + slack
+            row["floor"] = floor["error"] if floor else None
+            out.append(row)
     return out
 
 
@@ -370,6 +392,23 @@ def grid_gain(summary: list[dict]) -> list[dict]:
     return sorted(out, key=lambda g: (g["target"], g["sde"], g["method"], g["nfe"]))
 
 
+def adaptive_vs_em(summary: list[dict]) -> list[dict]:
+    """Per (target, sde) and adaptive setting (ggf, ode, kd_dpm_adaptive): the NFE EM needs for
+    the same error, log-log interpolated along its NFE grid (None: no tested EM setting gets
+    there), and the ratio of that to the setting's counted mean NFE."""
+    out = []
+    for target, sde in sorted({(r["target"], r["sde"]) for r in summary}):
+        rs = [r for r in summary if (r["target"], r["sde"]) == (target, sde)]
+        em = [r for r in rs if r["method"] == "em"]
+        for r in (r for r in rs if r["method"] in ("ggf", "ode", "kd_dpm_adaptive")):
+            em_nfe = nfe_at(em, r["error"], "error") if em else None
+            out.append({"target": target, "sde": sde, "method": r["method"],
+                        "setting": r["setting"], "nfe": r["nfe"], "error": r["error"],
+                        "em_nfe_same_error": em_nfe,
+                        "nfe_ratio": em_nfe / r["nfe"] if em_nfe else None})
+    return out
+
+
 def report(payload: dict) -> str:
     env = payload["env"]
     md = [f"# Sampler frontier{' (quick)' if payload['quick'] else ''}", "",
@@ -378,14 +417,24 @@ def report(payload: dict) -> str:
           f"{payload['k_diffusion']}; {payload['seeds']} seed(s); float64, exact scores.", "",
           "Error: Gaussians, mean |var/lam - 1| over eigendirections + the mean's error; "
           "mixtures, |cross-entropy - entropy| per dimension. `at_or_below`: ours <= peer + 2 "
-          "combined standard errors. Budgets: the best setting spending at most that NFE.", "",
+          "combined standard errors. Budgets: the best setting spending at most that NFE. "
+          "`no_tp`: our best without Gaussian teleportation (exact on the Gaussian targets, "
+          "so there `ours` is at the noise floor from 5 NFE).", "",
           "## Frontier: best of ours vs best peer", "",
           markdown_table(payload["frontier"], ["target", "sde", "nfe", "ours", "ours_error",
-                                               "peer", "peer_error", "ratio", "at_or_below",
-                                               "floor"]),
+                                               "no_tp", "no_tp_error", "peer", "peer_error",
+                                               "ratio", "at_or_below", "ratio_no_tp",
+                                               "at_or_below_no_tp", "floor"]),
           "", "## Tuned grids (samplers.optimize_grid) vs the best fixed grid", "",
           markdown_table(payload["grid_gain"], ["target", "sde", "method", "nfe", "tuned_error",
-                                                "best_fixed", "fixed_error", "gain"])]
+                                                "best_fixed", "fixed_error", "gain"]),
+          "", "## Adaptive solvers against EM at equal error", "",
+          "`em_nfe_same_error`: the NFE EM (its default grid) needs for the setting's error, "
+          "log-log interpolated (EM runs to 800 NFE on the Gaussians); `nfe_ratio` = that / "
+          "the setting's counted mean NFE. GGF's default is rel_tol 0.1.", "",
+          markdown_table(payload.get("adaptive_vs_em", []),
+                         ["target", "sde", "method", "setting", "nfe", "error",
+                          "em_nfe_same_error", "nfe_ratio"])]
     for target, sde in sorted({(r["target"], r["sde"]) for r in payload["summary"]}):
         rs = [r for r in payload["summary"] if (r["target"], r["sde"]) == (target, sde)]
         md += ["", f"## {target}, {sde}", "",
@@ -411,10 +460,12 @@ def plot(payload: dict, path: Path) -> None:
             pts = [(r["nfe"], r["error"]) for r in rs if r["family"] == fam and r["nfe"] > 0]
             if pts:
                 ax.scatter(*zip(*pts, strict=True), s=6, alpha=0.25, color=color)
-        for key, color, label in (("ours_error", "tab:blue", "scorekit (best)"),
-                                  ("peer_error", "tab:red", "peers (best)")):
+        for key, style, color, label in (
+                ("ours_error", "o-", "tab:blue", "scorekit (best)"),
+                ("no_tp_error", "s--", "tab:cyan", "scorekit, no teleport"),
+                ("peer_error", "o-", "tab:red", "peers (best)")):
             if fr:
-                ax.plot([r["nfe"] for r in fr], [r[key] for r in fr], "o-", color=color,
+                ax.plot([r["nfe"] for r in fr], [r[key] for r in fr], style, color=color,
                         label=label)
         floor = next((r["error"] for r in rs if r["family"] == "floor"), None)
         if floor:

@@ -56,6 +56,19 @@ def test_frontier_takes_the_best_within_each_budget():
     # at 20 the adaptive peer's 25 NFE is over budget: ours 0.02 vs the peer's 0.04
     assert rows[20]["ours"] == "b" and rows[20]["peer"] == "p" and rows[20]["at_or_below"]
     assert rows[20]["floor"] == 0.01
+    assert rows[20]["no_tp"] == "b" and rows[20]["at_or_below_no_tp"]
+
+
+def test_frontier_reports_ours_without_teleport_too():
+    """A teleported ("+tp") method wins `ours`; `no_tp` is the best of the rest."""
+    base = {"target": "g", "sde": "vp", "se": 0.0, "setting": ""}
+    summary = [{**base, "method": "a+tp", "family": "ours", "nfe": 10.0, "error": 0.01},
+               {**base, "method": "a", "family": "ours", "nfe": 10.0, "error": 0.06},
+               {**base, "method": "p", "family": "peer", "nfe": 10.0, "error": 0.04}]
+    (row,) = sf.frontier(summary, [10])
+    assert (row["ours"], row["at_or_below"]) == ("a+tp", True)
+    assert (row["no_tp"], row["no_tp_error"], row["at_or_below_no_tp"]) == ("a", 0.06, False)
+    assert row["ratio_no_tp"] == pytest.approx(1.5)
 
 
 def test_quick_run_writes_tables_and_resumes(tmp_path, monkeypatch):
