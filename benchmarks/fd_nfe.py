@@ -5,17 +5,18 @@
 
 Loads the run (`Trainer.from_run_dir`), samples `n` images per setting with each sampler on its
 NFE grid (ode and ggf on tolerance grids; "+tp" = started at t* by Gaussian teleportation;
-"+opt" = on the grid `Trainer.optimize_grid` tunes to the run at 5-20 NFE, cached in
-`<run dir>/grids/`), and k-diffusion's samplers ("kd_<sampler>_<karras|exponential>", through
-`benchmarks/_peers.py`) on the same model from the same prior draws,
-clips them to the data's range as saved images would be, and measures FD against the held-out
-images in the chosen feature space: "classifier" (the project's digits CNN; the default for 8x8
-grey images), "inception" (FID; `weights=` or $SCOREKIT_INCEPTION; the default for other images
-when the file is set), or "raw" pixels. The reference level is the data's own FD: `n` training
-images vs the same held-out set. The equal-n check: the run's own sampler at n = the held-out
-size, FD to the training images, next to the held-out images' FD to them (both sides unseen by a
-feature network trained on the training split, as the digits classifier is). Each finished row
-is cached in `<run dir>/fd_nfe/rows.json`, so a killed benchmark resumes where it stopped.
+"+opt" = on the grid `Trainer.optimize_grid` tunes to the run at 5, 8 and 10 NFE on 256 prior
+draws and 120 evaluations, cached in `<run dir>/grids/`), and k-diffusion's samplers
+("kd_<sampler>_<karras|exponential>", through `benchmarks/_peers.py`) on the same model from
+the same prior draws, clips them to the data's range as saved images would be, and measures FD
+against the held-out images in the chosen feature space: "classifier" (the project's digits
+CNN; the default for 8x8 grey images), "inception" (FID; `weights=` or $SCOREKIT_INCEPTION; the
+default for other images when the file is set), or "raw" pixels. The reference level is the
+data's own FD: `n` training images vs the same held-out set. The equal-n check: the run's own
+sampler at n = the held-out size, FD to the training images, next to the held-out images' FD to
+them (both sides unseen by a feature network trained on the training split, as the digits
+classifier is). Each finished row is cached in `<run dir>/fd_nfe/rows.json`, so a killed
+benchmark resumes where it stopped.
 Writes results/<name>.{json,md,png} (name defaults
 to `fd_nfe_<run name>`); `wandb=offline|online` also logs the rows, the table and the plot.
 """
@@ -46,8 +47,10 @@ QUICK_GRID = [10, 35]
 FAST_GRID = [5, 8, 10, 15, 20, 35, 50, 100]
 FAST = ("dpm_solver", "unipc", "heun")
 # Grids tuned to the run by Trainer.optimize_grid at these budgets ("<method>+opt"), cached in
-# <run dir>/grids/.
-OPT_NFE = [5, 8, 10, 15, 20]
+# <run dir>/grids/. A UNet's tuning costs n x NFE x max_evals evaluations (~6 CPU min each at
+# 10 NFE), hence fewer draws and evaluations than the library's defaults (512, 400).
+OPT_NFE = [5, 8, 10]
+OPT_N, OPT_EVALS = 256, 120
 EXTRA = {"dpm_solver+opt": ("dpm_solver", {}), "heun+opt": ("heun", {})}
 QUICK_TOLS = {"ode": [{"rtol": 1e-2, "atol": 1e-2}],
               "ggf": [{"abs_tol": 2 / 256, "rel_tol": 0.1}]}
@@ -197,7 +200,8 @@ def _sections(trainer, label: str, quick: bool, max_nfe: int, t_star: float | No
         for nfe in (n for n in OPT_NFE if n <= max_nfe):
             path = trainer.run_dir / "grids" / f"{method}_nfe{nfe}.json"
             if not path.is_file():  # tuned once per run and budget, then reused
-                trainer.optimize_grid(nfe, {"method": method, **fixed}, path=path)
+                trainer.optimize_grid(nfe, {"method": method, **fixed}, n=OPT_N,
+                                      max_evals=OPT_EVALS, path=path)
             out.append(({"nfe": nfe, "grid": "tuned"},
                         {"method": method, **fixed, "steps": None, "grid": str(path)}))
         return out

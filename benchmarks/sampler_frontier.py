@@ -272,44 +272,48 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
         for sde_name in sdes:
             sde = SDES[sde_name]()
             n = 2000 if quick else TARGET_N[tname]
-            long = not quick and tname in EM_LONG_TARGETS
-            todo = [s for s in range(seeds) if f"{sde_name}/{tname}/{s}" not in done["blocks"]
-                    or (long and f"{sde_name}/{tname}/{s}/em_long" not in done["blocks"])]
-            if not todo:
+            run_labels = [lb for lb in labels if lb not in SKIP.get(tname, ())]
+            # A block per (process, target, seed) and part: "" the methods on fixed grids and
+            # the peers, "opt" the tuned grids, "em_long" EM beyond the grid.
+            parts = {"": [lb for lb in run_labels if not lb.endswith("+opt")],
+                     "opt": [lb for lb in run_labels if lb.endswith("+opt")],
+                     "em_long": ["em"] if not quick and tname in EM_LONG_TARGETS else []}
+            todo = {seed: [part for part, lbs in parts.items()
+                           if (lbs or not part) and _key(sde_name, tname, seed, part)
+                           not in done["blocks"]] for seed in range(seeds)}
+            if not any(todo.values()):
                 continue
             target = Target(tname, sde, n)
             tp = samplers.GaussianTeleport(target.mean, target.cov, sde)
             t_star, _ = tp.suggest_t_start(target.fast, thresh=0.99,
                                            generator=torch.Generator().manual_seed(0))
-            grids = {m: tuned_grids(target, nfe_grid, m) for m in
-                     {RUNS[lb][0] for lb in labels
-                      if lb.endswith("+opt") and lb not in SKIP.get(tname, ())}}
-            for seed in todo:
+            grids = ({m: tuned_grids(target, nfe_grid, m) for m in
+                      {RUNS[lb][0] for lb in parts["opt"]}}
+                     if any("opt" in p for p in todo.values()) else {})
+            for seed, missing in todo.items():
                 t0 = time.perf_counter()
                 x_t = sde.prior_sample((n, target.dim), generator=torch.Generator()
                                        .manual_seed(100 + seed), dtype=F64)
                 base = {"target": tname, "sde": sde_name, "seed": seed}
-                key = f"{sde_name}/{tname}/{seed}"
-                if long and f"{key}/em_long" not in done["blocks"]:
-                    done["blocks"][f"{key}/em_long"] = [
-                        {**base, **r} for r in _registered(target, "em", EM_LONG, x_t, tp,
-                                                           t_star, {}, seed)]
+                for part in missing:
+                    if part == "em_long":
+                        rows = _registered(target, "em", EM_LONG, x_t, tp, t_star, {}, seed)
+                    else:
+                        rows = [] if part else [{"method": "noise floor", "family": "floor",
+                                                 "nfe": 0.0, "error": target.floor(500 + seed)}]
+                        for label in parts[part]:
+                            rows += _registered(target, label, nfe_grid, x_t, tp, t_star,
+                                                grids.get(RUNS[label][0], {}), seed)
+                        if not part:
+                            rows += _peer_rows(target, nfe_grid, x_t, seed, quick)
+                    done["blocks"][_key(sde_name, tname, seed, part)] = [{**base, **r}
+                                                                         for r in rows]
                     out.mkdir(parents=True, exist_ok=True)
                     io.write_text_atomic(partial, json.dumps(done))
-                if key in done["blocks"]:
-                    continue
-                rows = [{**base, "method": "noise floor", "family": "floor", "nfe": 0.0,
-                         "error": target.floor(500 + seed)}]
-                for label in (lb for lb in labels if lb not in SKIP.get(tname, ())):
-                    tuned = grids.get(RUNS[label][0], {})
-                    rows += [{**base, **r} for r in _registered(target, label, nfe_grid, x_t, tp,
-                                                                t_star, tuned, seed)]
-                rows += [{**base, **r} for r in _peer_rows(target, nfe_grid, x_t, seed, quick)]
-                done["blocks"][key] = rows
-                out.mkdir(parents=True, exist_ok=True)
-                io.write_text_atomic(partial, json.dumps(done))
-                print(f"{sde_name} {tname} seed {seed}: {len(rows)} rows in "
-                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+                if missing:
+                    what = ", ".join(part or "main" for part in missing)
+                    print(f"{sde_name} {tname} seed {seed} ({what}): "
+                          f"{time.perf_counter() - t0:.0f} s", flush=True)
     rows = [r for key, block in done["blocks"].items() for r in block
             if key.split("/")[0] in sdes and key.split("/")[1] in targets
             and int(key.split("/")[2]) < seeds]
@@ -323,6 +327,10 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
     write(name, payload, report(payload), out)
     plot(payload, out / f"{name}.png")
     return payload
+
+
+def _key(sde_name: str, tname: str, seed: int, part: str) -> str:
+    return f"{sde_name}/{tname}/{seed}" + (f"/{part}" if part else "")
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -68,6 +68,31 @@ def test_tuned_grid_beats_logsnr_on_held_out_draws(method, nfe):
     assert rms(ts) < rms(uniform) / 2
 
 
+@pytest.mark.parametrize("method,nfe", [("dpm_solver", 6), ("heun", 9)])
+def test_search_starts_from_the_best_fixed_grid(method, nfe):
+    """Every fixed grid's objective is reported; the search starts from the smallest and ends
+    at or below it. Each reported error is recomputed here from the grid built by `time_grid`
+    (so the softmax parameterisation reproduces the fixed grids it starts from)."""
+    sde = VPSDE()
+    score, _ = _gauss(sde)
+    x_t = _draws(sde, 64, seed=0)
+    res = samplers.optimize_grid(score, sde, nfe, method, sample_shape=(4,), n=64,
+                                 max_evals=40, dtype=F64, progress=False)
+    fixed = res["errors_fixed"]
+    assert set(fixed) == {"logsnr", "edm", "quadratic", "uniform"}
+    assert res["start"] == min(fixed, key=fixed.get)
+    assert res["error_uniform"] == fixed["logsnr"]
+    assert res["error"] <= fixed[res["start"]]
+    assert res["gain_best_fixed"] == pytest.approx(fixed[res["start"]] / res["error"])
+    points = nfe if method != "heun" else (nfe + 1) // 2
+    ref = samplers.sample(score, sde, x_t.shape, method=method, steps=200, x_init=x_t,
+                          dtype=F64).x
+    for kind, err in fixed.items():
+        out = samplers.sample(score, sde, x_t.shape, method=method, x_init=x_t, dtype=F64,
+                              grid=samplers.time_grid(sde, points - 1, kind)).x
+        assert float((out - ref).pow(2).mean()) == pytest.approx(err, rel=1e-6), kind
+
+
 def test_grid_file_round_trip(tmp_path):
     """The file is JSON in the documented format; `grid=<path>` (str or Path) samples exactly
     as the times do, steps follow from the file, and a different `steps` is named."""
