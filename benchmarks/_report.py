@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -12,27 +15,58 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+# Where tables go: benchmarks/results/ (committed), or SCOREKIT_RESULTS_DIR (`suite=all` sets it
+# for quick runs, so they never overwrite the committed tables).
+COMMITTED = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("SCOREKIT_RESULTS_DIR") or COMMITTED)
+VERSIONED = ("numpy", "scipy", "diffusers", "torchdiffeq", "k-diffusion", "triton",
+             "safetensors", "hydra-core")
 
 
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                              cwd=Path(__file__).parent).stdout.strip()
+                              cwd=ROOT).stdout.strip()
     except OSError:
         return ""
 
 
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _command() -> str:
+    """The command as typed from the repository root: python, then paths relative to it."""
+    parts = []
+    for arg in sys.argv:
+        path = Path(arg)
+        if path.is_absolute() and path.is_relative_to(ROOT):
+            arg = str(path.relative_to(ROOT))
+        parts.append(arg)
+    return " ".join(["python", *parts])
+
+
 def environment() -> dict[str, Any]:
-    """Device, versions, commit (with a dirty flag: uncommitted changes to tracked files) and
-    the exact command, recorded next to every number."""
+    """Device, versions, commit (with a dirty flag: uncommitted changes to tracked files, and
+    then the sha256 of `git diff HEAD`) and the exact command, recorded next to every number."""
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
     commit = _git("rev-parse", "--short", "HEAD")
-    return {"device": dev or platform.machine(), "torch": torch.__version__,
-            "python": platform.python_version(), "commit": commit or "unknown",
-            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "threads": torch.get_num_threads()}
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    env = {"device": dev or platform.machine(), "torch": torch.__version__,
+           "python": platform.python_version(), "commit": commit or "unknown",
+           "dirty": dirty, "command": _command(), "threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "versions": _versions()}
+    if dirty:
+        diff = _git("diff", "HEAD")
+        env["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    return env
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

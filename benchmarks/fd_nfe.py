@@ -16,7 +16,10 @@ data's own FD: `n` training images vs the same held-out set. The equal-n check: 
 sampler at n = the held-out size, FD to the training images, next to the held-out images' FD to
 them (both sides unseen by a feature network trained on the training split, as the digits
 classifier is). Each finished row is cached in `<run dir>/fd_nfe/rows.json`, so a killed
-benchmark resumes where it stopped.
+benchmark resumes where it stopped. Under `torchrun --nproc_per_node=K scripts/benchmark.py
+suite=fd_nfe ...` each rank samples a contiguous share of every setting's n samples (sample i
+from seed + i, so the set does not depend on K), the float64 feature statistics are merged over
+the ranks, and rank 0 alone writes the row cache, the tables and the plot.
 Writes results/<name>.{json,md,png} (name defaults
 to `fd_nfe_<run name>`); `wandb=offline|online` also logs the rows, the table and the plot.
 """
@@ -37,6 +40,7 @@ from benchmarks import learned_nfe as ln
 from benchmarks import nfe_quality as nq
 from benchmarks._peers import KD_SAMPLERS, SIGMAS
 from benchmarks._report import RESULTS, environment, markdown_table, write
+from scorekit.ranks import Ranks
 
 DEFAULT_METHODS = ["em", "pc", "ode", "heun", "dpm_solver", "unipc", "ggf", "em+tp", "heun+tp",
                    "dpm_solver+tp", "dpm_solver+opt", "heun+opt",
@@ -114,9 +118,11 @@ class _RowCache:
         return self.rows.get(key)
 
     def put(self, key: str, row: dict) -> None:
+        """Every rank keeps the row (they computed it together); rank 0 writes the file."""
         self.rows[key] = row
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write(self.path, json.dumps({"identity": self.identity, "rows": self.rows}))
+        if Ranks.current().is_main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(self.path, json.dumps({"identity": self.identity, "rows": self.rows}))
 
 
 class _Scorer:
@@ -129,26 +135,30 @@ class _Scorer:
         self.test, self.train = fe.stats(trainer.data.test), fe.stats(trainer.data.train)
 
     def __call__(self, section: dict, n: int, seed: int) -> dict:
+        """Under torchrun each rank samples its contiguous share of the n samples (sample i
+        from seed + i, as in one process) and the feature statistics are merged over ranks."""
         from scorekit.metrics import frechet_distance
 
+        ranks = Ranks.current()
+        lo_i, hi_i = ranks.chunk(n)
         t0 = time.perf_counter()
+        tr = self.trainer
         if "peer" in section:  # k-diffusion's sampler on the same model, from the same draws
-            tr = self.trainer
             x_t = tr.sde.prior_sample((n, *tr.data.sample_shape), device=tr.device,
                                       dtype=tr.dtype, generator=torch.Generator(tr.device)
-                                      .manual_seed(seed))
+                                      .manual_seed(seed))[lo_i:hi_i]
             tr.ema.eval()
             x, nfe = _peers.run_kd(*section["peer"], section["nfe"], tr.ema, tr.sde, x_t, seed)
-            lo = hi = nfe
+            counts = torch.full((x.shape[0],), float(nfe), dtype=torch.float64)
         else:
-            res = self.trainer.sample(n, section, seed=seed)
-            x, nfe = res.x, res.nfe
-            lo, hi = int(res.nfe_per_sample.min()), int(res.nfe_per_sample.max())
-        stats = self.fe.stats(x.detach().float().clamp(*self.range).cpu())
-        return {"seed": seed, "nfe": nfe, "nfe_min": lo, "nfe_max": hi,
-                "fd_test": frechet_distance(stats, self.test),
-                "fd_train": frechet_distance(stats, self.train),
-                "time_s": time.perf_counter() - t0}
+            res = tr.sample(hi_i - lo_i, section, seed=seed + lo_i)
+            x, counts = res.x, res.nfe_per_sample.double().cpu()
+        stats = self.fe.stats(x.detach().float().clamp(*self.range).cpu()).gathered(ranks)
+        counts = torch.cat(ranks.gather(counts))
+        wall = max(ranks.gather(time.perf_counter() - t0))
+        return {"seed": seed, "nfe": float(counts.mean()), "nfe_min": int(counts.min()),
+                "nfe_max": int(counts.max()), "fd_test": frechet_distance(stats, self.test),
+                "fd_train": frechet_distance(stats, self.train), "time_s": wall}
 
 
 def measure(trainer, methods: list[str], score: _Scorer, n: int, seeds: int, quick: bool,
@@ -179,8 +189,10 @@ def measure(trainer, methods: list[str], score: _Scorer, n: int, seeds: int, qui
                     row = {"method": label, "setting": _setting(opts), **score(section, n, seed)}
                     cache.put(key, row)
                 rows.append(row)
-                print(f"{label:14s} {row['setting']:34s} seed={seed} nfe={row['nfe']:7.1f} "
-                      f"fd_test={row['fd_test']:.4g} ({row['time_s']:.1f} s)", flush=True)
+                if Ranks.current().is_main:
+                    print(f"{label:14s} {row['setting']:34s} seed={seed} "
+                          f"nfe={row['nfe']:7.1f} fd_test={row['fd_test']:.4g} "
+                          f"({row['time_s']:.1f} s)", flush=True)
                 if logger is not None:
                     logger.log({f"fd/{label}": row["fd_test"], f"nfe/{label}": row["nfe"]},
                                step=len(rows))
@@ -199,9 +211,11 @@ def _sections(trainer, label: str, quick: bool, max_nfe: int, t_star: float | No
         out = []
         for nfe in (n for n in OPT_NFE if n <= max_nfe):
             path = trainer.run_dir / "grids" / f"{method}_nfe{nfe}.json"
-            if not path.is_file():  # tuned once per run and budget, then reused
+            ranks = Ranks.current()
+            if ranks.is_main and not path.is_file():  # tuned once per run and budget
                 trainer.optimize_grid(nfe, {"method": method, **fixed}, n=OPT_N,
                                       max_evals=OPT_EVALS, path=path)
+            ranks.barrier()  # the other ranks read rank 0's grid
             out.append(({"nfe": nfe, "grid": "tuned"},
                         {"method": method, **fixed, "steps": None, "grid": str(path)}))
         return out
@@ -244,6 +258,7 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
     """Benchmark the trained run at `ckpt`; returns the payload written to results/<name>.json."""
     from scorekit.evaluation.features import FeatureExtractor
     from scorekit.train import Trainer
+    from scorekit.training import distributed
     from scorekit.training.loggers import WandbLogger
 
     methods = list(methods or DEFAULT_METHODS)
@@ -266,8 +281,9 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
                 "n": n, "max_nfe": max_nfe, "quick": quick}
     cache = _RowCache(run_dir / "fd_nfe" / "rows.json", identity)
     name = name or f"fd_nfe_{trainer.cfg.name}{'_quick' if quick else ''}"
-    logger = WandbLogger(wandb, "scorekit-benchmarks", run_dir / "fd_nfe", name=name,
-                         config={"ckpt": str(ckpt), **identity})
+    main = trainer.dist.is_main  # under torchrun: every rank samples, rank 0 writes
+    logger = WandbLogger(wandb if main else "disabled", "scorekit-benchmarks",
+                         run_dir / "fd_nfe", name=name, config={"ckpt": str(ckpt), **identity})
     try:
         score = _Scorer(trainer, fe)
         payload = measure(trainer, methods, score, n, seeds, quick, max_nfe, cache, logger)
@@ -280,12 +296,14 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
                        seeds=seeds, features=info, env=environment())
         payload["summary"] = summary = ln.summarise(payload["rows"])
         payload["versus"] = ln.versus(summary, PAIRS)
-        js, md, png = report(payload, name, Path(out_dir) if out_dir else RESULTS)
-        logger.log_table("fd_vs_nfe", summary)
-        logger.log_image("fd_vs_nfe_plot", png)
+        if main:
+            js, md, png = report(payload, name, Path(out_dir) if out_dir else RESULTS)
+            logger.log_table("fd_vs_nfe", summary)
+            logger.log_image("fd_vs_nfe_plot", png)
+            print(f"wrote {js}, {md}, {png}")
     finally:
         logger.finish()
-    print(f"wrote {js}, {md}, {png}")
+        distributed.shutdown()
     return payload
 
 

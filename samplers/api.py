@@ -21,7 +21,12 @@ from samplers.em import euler_maruyama
 from samplers.fkc import fkc_anneal
 from samplers.ggf import gotta_go_fast
 from samplers.heun import heun
-from samplers.inputs import check_device_dtype, check_shape, check_x_init
+from samplers.inputs import (
+    check_device_dtype,
+    check_shape,
+    check_x_init,
+    per_sample_streams,
+)
 from samplers.jacobi import jacobi
 from samplers.kernels.compile import compile_score
 from samplers.kernels.graph import check_capture, sample_graphed
@@ -86,12 +91,22 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
            teleport_thresh: float = 0.99, check_finite: bool = True,
            capture: str | None = None, compile: bool | dict[str, Any] = False,
            callback: Callback | None = None, progress: bool = False,
+           seed: int | None = None, seeds: torch.Tensor | None = None,
            **options: Any) -> SampleResult:
     """Draw `shape[0]` samples by integrating the reverse process from the prior at T to eps.
 
     `steps` defaults to the method's own default (or to the length of an explicit `grid` of
     times); `options` go to the method (e.g. `snr` for "pc", `denoise` for both). NFE is
     counted by wrapping `score`, never derived from `steps`.
+
+    Randomness: `seed=s` gives sample i the noise stream of seed s + i (`seeds=`: a (B,) tensor
+    of one seed per sample), a counter-based Philox stream (`scorekit.rng.SampleStreams`): row
+    i is the same whatever the batch size, the split into batches or ranks, `capture` or
+    `use_triton` (on CPU bit for bit, as long as the score treats rows independently; across
+    devices and between the PyTorch and kernel paths up to float rounding). `generator=`
+    (a torch.Generator) is faster on CPU but batch-dependent: one stream for the whole batch,
+    so sample i changes with the batch size. Population methods ("fkc") resample across the
+    batch, so their samples depend on the batch by construction.
 
     Per step: `callback(i, t, x, x0_hat)` is called once per step of every method, with the
     state x (B, *D) at the time t (B,) where the step evaluated the score and the posterior
@@ -106,7 +121,9 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     default for SDE methods) or "conditional". `t_start="auto"` (the default with a teleport)
     takes `teleport.suggest_t_start(score, thresh=teleport_thresh)`: the smallest t from which
     up the score is explained by the Gaussian's to that fraction, probed on the Gaussian's own
-    marginal draws (32 t x 512 evaluations, reported in `info`, not in the per-sample NFE).
+    marginal draws (up to 32 t x 512 evaluations: counted in the NFE, spread over the batch,
+    `info["t_start_probe_nfe"]` per sample; pass a number, e.g. from
+    `teleport.suggest_t_start(score)` once, to pay it once for many calls).
     Without a teleport, `t_start` needs `x_init`, taken to be a draw at t_start.
 
     check_finite: stop with `NonFiniteError` (naming the evaluation step, t and the fraction of
@@ -139,6 +156,7 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     if steps is not None:
         options["steps"] = check_positive_int(steps, "steps")
     device = check_device_dtype(generator, device, dtype)
+    generator = per_sample_streams(generator, seed, seeds, shape[0], device)
     if x_init is None:
         x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
     else:
@@ -172,7 +190,11 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
         torch.cuda.synchronize(out.device)
     info = {"method": method, "wall_time": time.perf_counter() - start,
             "score_calls": counter.calls, **extra, **info}
-    return SampleResult(out, counter.counts, info)
+    counts = counter.counts
+    if extra.get("t_start_probe_evals"):  # t_start="auto": its probe, shared by the batch
+        info["t_start_probe_nfe"] = extra["t_start_probe_evals"] / shape[0]
+        counts = counts.double() + info["t_start_probe_nfe"]
+    return SampleResult(out, counts, info)
 
 
 def _make_loop(method: str, valid: list[str] | None, capture: str | None,

@@ -130,20 +130,33 @@ def diffusers_sampler(kind: str):
         # Scheduler state: VP form for DPM/UniPC, x / alpha (= x_vp sqrt(1 + s^2)) for the
         # sigma-parametrised Euler. Not x_vp * init_noise_sigma: with "linspace" spacing diffusers
         # sets that to s_max, not sqrt(1 + s_max^2) (equal only while s_max >> 1, i.e. from T).
+        process = Process(sde)
         first = int(sched.timesteps[0])
-        state = x / float(alpha[first]) if kind in SIGMA_STATE else x / float(norm[first])
+        if kind in SIGMA_STATE:
+            # Its Karras sigmas fall between table entries: evaluate the score at the time whose
+            # noise level is the scheduler's sigma, not at the nearest table entry.
+            levels = sched.sigmas[:-1].to(torch.float64)
+            t_steps = process.t_of_noise_level(levels)
+            alpha_s, sigma_s = process.marginal(t_steps)
+            state = x / float(alpha_s[0])
+        else:
+            state = x / float(norm[first])
         timesteps = list(sched.timesteps)
         for k in loop.range(len(timesteps)):
             n = timesteps[k]
-            i = int(round(float(n)))
-            inp = sched.scale_model_input(state, n)  # x_vp at timestep n
-            t = torch.full((b,), float(t_table[i]), dtype=compute_dtype(x.dtype),
-                           device=x.device)
-            xs = inp * float(norm[i])
+            if kind in SIGMA_STATE:  # x = alpha (x0 + s eps) = alpha * state
+                t_k, a_k, sig_k = float(t_steps[k]), float(alpha_s[k]), float(sigma_s[k])
+                sched.scale_model_input(state, n)  # only marks the step as scaled
+                xs = state * a_k
+            else:
+                i = int(round(float(n)))
+                t_k, sig_k = float(t_table[i]), float(sigma[i])
+                xs = sched.scale_model_input(state, n) * float(norm[i])  # x_vp -> x
+            t = torch.full((b,), t_k, dtype=compute_dtype(x.dtype), device=x.device)
             s = score(xs, t)
-            loop.report(k, t, xs, s, Process(sde))
+            loop.report(k, t, xs, s, process)
             with _float32_default():
-                state = sched.step(eps_from_score(s, float(sigma[i])), n, state).prev_sample
+                state = sched.step(eps_from_score(s, sig_k), n, state).prev_sample
         # With final sigma zero the last state is the x0 estimate (same in every coordinate).
         return state.to(x.dtype), {"scheduler": type(sched).__name__,
                                    "timesteps": [int(round(float(n))) for n in sched.timesteps]}

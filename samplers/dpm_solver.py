@@ -31,6 +31,7 @@ from torch import Tensor
 
 from samplers.loop import EAGER, Loop
 from samplers.multistep import auto_order, finish_path, setup
+from scorekit import rng
 from scorekit.processes import Score
 
 __all__ = ["dpm_solver", "dpm_solver_sde", "ORDERS"]
@@ -97,7 +98,7 @@ def dpm_solver_sde(score: Score, sde, x: Tensor, *, steps: int | None = None, gr
         xt = (path.level[i + 1] / path.level[i] * math.exp(-h)) * xt + keep * d
         if prev is not None:
             xt = xt + keep / (2 * path.h(i - 1) / h) * (d - prev)
-        z = torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device=xt.device)
+        z = rng.randn(xt.shape, generator, xt.dtype, xt.device)
         xt = xt + (path.level[i + 1] * math.sqrt(keep)) * z
         prev = d
     return finish_path(score, path, xt, denoise, loop), {"grid": path.grid}

@@ -18,6 +18,7 @@ from samplers.grids import TimeGrid
 from samplers.kernels import Steps, em_update
 from samplers.loop import EAGER, Loop
 from samplers.steps import DENOISE, check_choice, em_coefficients, finish, reverse_drift
+from scorekit import rng
 from scorekit.processes import Process, Score, compute_dtype
 
 __all__ = ["euler_maruyama", "em_loop", "em_step"]
@@ -89,7 +90,7 @@ def _nonlinear(score: Score, process: Process, x: Tensor, ts: Tensor, denoise: s
     x_mean = x
     for i in loop.range(len(h)):
         t = t_vec[i].expand(x.shape[0])
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = rng.randn(x.shape, generator, x.dtype, x.device)
         s = score(x, t)
         loop.report(i, t, x)
         x_mean = x + h[i] * reverse_drift(process, x, t, s)

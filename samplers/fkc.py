@@ -28,10 +28,11 @@ import torch
 from torch import Tensor
 
 from samplers.grids import time_grid
-from samplers.inputs import check_device_dtype, check_shape
+from samplers.inputs import check_device_dtype, check_shape, per_sample_streams
 from samplers.loop import EAGER, Loop, StopSampling
 from samplers.result import CountingScore, FiniteGuard, SampleResult
 from samplers.steps import langevin_step_size, reverse_drift
+from scorekit import rng
 from scorekit._validate import check_positive_int
 from scorekit.processes import SDE, Process, Score, compute_dtype, per_sample
 
@@ -71,7 +72,7 @@ def resample_indices(weights: Tensor, scheme: str = "systematic",
         return torch.multinomial(w, n, replacement=True, generator=generator)
     k = torch.arange(n, dtype=torch.float64, device=w.device)
     shape = (g, 1) if scheme == "systematic" else (g, n)
-    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=w.device)
+    u = rng.rand(shape, generator, torch.float64, w.device)
     cdf = torch.cumsum(w, dim=1)
     cdf = cdf / cdf[:, -1:]
     # right=True: particle i is picked iff cdf[i-1] <= u < cdf[i], so zero weights never are;
@@ -105,7 +106,7 @@ def mala_move(scores: Sequence[Score], a: tuple[float, ...], x: Tensor, s: list[
     scores s_j at x. log pi(x') - log pi(x) is the trapezoid rule of s_pi along x -> x' (exact
     for quadratic log pi, O(|x' - x|^3) otherwise). Returns (x, scores at x, accepted (B,))."""
     s_pi = _combined(s, a)
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    z = rng.randn(x.shape, generator, x.dtype, x.device)
     step = langevin_step_size(s_pi, z, snr, "batch_mean", groups)
     x_new = x + per_sample(step, x) * s_pi + per_sample(torch.sqrt(2 * step), x) * z
     s_new = [score(x_new, t) for score in scores]
@@ -114,7 +115,7 @@ def mala_move(scores: Sequence[Score], a: tuple[float, ...], x: Tensor, s: list[
     log_pi = 0.5 * ((s_pi + s_pi_new).flatten(1).double() * dx).sum(1)
     back = (-dx - step.double()[:, None] * s_pi_new.flatten(1).double()).pow(2).sum(1)
     log_q = -back / (4 * step.double()) + 0.5 * z.flatten(1).double().pow(2).sum(1)
-    u = torch.rand(x.shape[0], generator=generator, dtype=torch.float64, device=x.device)
+    u = rng.rand(x.shape[0], generator, torch.float64, x.device)
     accept = torch.log(u) < log_pi + log_q
     keep = per_sample(accept, x)
     return torch.where(keep, x_new, x), [torch.where(keep, vn, v) for v, vn in
@@ -157,6 +158,7 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
     ancestors = torch.arange(b, device=dev)
     offset = (torch.arange(groups, device=dev) * n)[:, None]
     ess_trace, resampled = [], []
+    population = rng.population_generator(generator)  # resampling acts on the whole batch
     lo_norm = math.log(n)
     steps = len(h)
     for i in loop.range(steps):
@@ -172,7 +174,7 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
             logw = logw + inc.view(groups, n)
             # div f = f_t d is the same for every particle: it only moves the normaliser.
             log_z = log_z + h[i] * (sum(a) - 1) * f_rate[i] * d
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev)
+        z = rng.randn(x.shape, generator, x.dtype, dev)
         x = x + h[i] * reverse_drift(process, x, t64[i].expand(b), s_pi) \
             + (g2[i] * h[i]) ** 0.5 * z
         s = None
@@ -183,7 +185,7 @@ def fkc_loop(scores: Sequence[Score], mode: str, a: tuple[float, ...], sde: SDE,
             do = torch.ones_like(e, dtype=torch.bool) if last else e < ess_threshold * n
             resampled.append(do)
             lse = torch.logsumexp(logw, dim=1)
-            idx = resample_indices(torch.softmax(logw, dim=1), resample, generator)
+            idx = resample_indices(torch.softmax(logw, dim=1), resample, population)
             idx = torch.where(do[:, None], idx, torch.arange(n, device=dev)) + offset
             # torch.where instead of a Python branch: no host sync on the decision.
             x = x[idx.flatten()]
@@ -257,7 +259,7 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
                snr: float = 0.16, max_log_increment: float | None = None,
                weight_until: float | None = None, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32, check_finite: bool = True,
-               callback=None, progress: bool = False) -> FKCResult:
+               callback=None, progress: bool = False, seed: int | None = None) -> FKCResult:
     """SMC over `shape[0]` weighted particles (n, *D) targeting, at eps, `q^beta` ("anneal", one
     score), `q1 q2` ("product") or `q_u^(1-w) q_c^w` ("cfg", scores (s_u, s_c), w = guidance),
     each normalised, of the models' eps-marginals.
@@ -272,8 +274,10 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
     is the moves' acceptance. Stabilisers, off by default and flagged by `info["biased"]`:
     `max_log_increment` clamps each step's log-weight increment (biases toward the proposal);
     `weight_until=t_w` stops weighting below t_w (the target becomes the one at t_w pushed
-    through the uncorrected dynamics). `check_finite`, `callback` and `progress` as in
-    `samplers.sample` (the callback's x0_hat is the posterior mean under the combined score).
+    through the uncorrected dynamics). `check_finite`, `callback`, `progress` and `seed` as in
+    `samplers.sample` (the callback's x0_hat is the posterior mean under the combined score;
+    with `seed`, each particle's moves have its own stream, the resampling one of the
+    population's).
     """
     scores = [scores] if callable(scores) else list(scores)
     shape = check_shape(shape)
@@ -288,6 +292,7 @@ def fkc_sample(scores: Score | Sequence[Score], sde: SDE, shape: tuple[int, ...]
     if weight_until is not None and not sde.eps <= weight_until <= sde.T:
         raise ValueError(f"weight_until must lie in [eps, T], got {weight_until!r}")
     device = check_device_dtype(generator, device, dtype)
+    generator = per_sample_streams(generator, seed, None, shape[0], device)
     # pi_T ∝ prior^A is the prior with its variance divided by A.
     x = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype) / sum(a) ** 0.5
     guard = FiniteGuard() if check_finite else None

@@ -8,6 +8,8 @@ import operator
 import torch
 from torch import Tensor
 
+from scorekit import rng
+
 __all__ = ["check_shape", "check_device_dtype", "check_x_init"]
 
 
@@ -62,3 +64,22 @@ def check_x_init(x_init: Tensor, shape: tuple[int, ...], device: torch.device | 
         raise ValueError(f"x_init has {int(finite.logical_not().sum())} non-finite entries "
                          f"(after the cast to {dtype})")
     return x
+
+
+def per_sample_streams(generator, seed: int | None, seeds: torch.Tensor | None, n: int,
+                       device: torch.device):
+    """The generator a sampler draws from: per-sample streams for `seed` / `seeds`, else
+    `generator` (a torch.Generator, a SampleStreams of n rows, or None)."""
+    given = [k for k, v in (("generator", generator), ("seed", seed), ("seeds", seeds))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"pass one of generator / seed / seeds, got {' and '.join(given)}")
+    if seeds is not None:
+        if not isinstance(seeds, torch.Tensor) or seeds.shape != (n,):
+            got = tuple(seeds.shape) if isinstance(seeds, torch.Tensor) else type(seeds).__name__
+            raise ValueError(f"seeds must be a ({n},) integer tensor, one per sample; got {got}")
+        return rng.SampleStreams(seeds, device=device)
+    if seed is not None:
+        return rng.SampleStreams(rng.check_seed(seed), n, device=device)
+    rng.streams_for(generator, n)  # a SampleStreams generator must have one row per sample
+    return generator

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from samplers.grids import time_grid
 from samplers.loop import EAGER, Loop
+from scorekit import rng
 from scorekit.processes import Score, compute_dtype
 from scorekit.processes.dirichlet import (
     JacobiDiffusion,
@@ -97,7 +98,7 @@ def jacobi(score: Score, sde: JacobiDiffusion, x: Tensor, *, steps: int = 200,
         g = s * v * (1 - v)
         drift = g * gv + s * (1 - 2 * v) - 0.5 * s * (a * (1 - v) - b * v)
         mean = _clip_known(v + h * drift, known, v_known, delta)
-        z = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
+        z = rng.randn(v.shape, generator, v.dtype, v.device)
         v = _clip_known(mean + (h * g).sqrt() * z, known, v_known, delta)
     return stick_breaking(mean), {"steps": len(hs), "time_dilation": time_dilation,
                                   "clip": delta}

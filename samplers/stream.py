@@ -1,8 +1,9 @@
 """Sampling many points to disk in shards: bounded memory, atomic shards, exact resume.
 
 `sample_to_disk` draws n samples as ceil(n / batch_size) shards. Shard k holds rows
-[k B, min((k + 1) B, n)) and is sampled with its own generator seeded from (seed, k), so each
-shard can be computed on its own: a rerun after a crash keeps the shards already on disk (each
+[k B, min((k + 1) B, n)), and row i is drawn from the per-sample stream of seed `seed + i`
+(`samplers.sample(seeds=...)`), so each shard can be computed on its own and the samples do
+not depend on the batch size: a rerun after a crash keeps the shards already on disk (each
 written atomically, with a tensor checksum) and recomputes only the others, giving the same
 files as an uninterrupted run. Memory is that of one batch, whatever n is. `manifest.json`
 records the parameters; a rerun into the same directory with other ones is refused (the score
@@ -13,7 +14,6 @@ Layout: `<out>/manifest.json`, `<out>/shard-000000.safetensors` ... (tensor "x":
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -23,12 +23,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from samplers.api import sample
 from samplers.inputs import check_shape
-from scorekit import io
+from scorekit import io, rng
 from scorekit._validate import check_positive_int
 from scorekit.processes import SDE, Score
+from scorekit.ranks import Ranks
 
 FORMAT = "scorekit-samples-1"
 MANIFEST = "manifest.json"
@@ -44,12 +46,6 @@ class StreamResult:
     written: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     wall_time: float = 0.0
-
-
-def shard_seed(seed: int, k: int) -> int:
-    """Seed of shard k: a hash of (seed, k), so shards never share a random stream."""
-    digest = hashlib.sha256(f"scorekit-stream|{int(seed)}|{int(k)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def shard_path(out_dir: str | Path, k: int) -> Path:
@@ -100,44 +96,84 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
                    sample_shape: int | tuple[int, ...], batch_size: int = 10_000, seed: int = 0,
                    method: str = "em", steps: int | None = None,
                    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                   **options: Any) -> StreamResult:
+                   progress: bool = False, **options: Any) -> StreamResult:
     """Draw n samples of shape `sample_shape` with `samplers.sample(method=..., **options)` in
     shards of `batch_size`, written to `out_dir`; shards already there are kept (resume).
 
-    Shard k uses `torch.Generator(device).manual_seed(shard_seed(seed, k))`: the files depend on
-    (seed, batch_size), not on how often the run was interrupted.
+    Sample i uses the per-sample stream of seed `seed + i`: for the methods that treat samples
+    independently (all but "fkc", adaptive "ode" and "pc" with snr_norm="batch_mean") row i is
+    the same whatever `batch_size`, and the files never depend on how often the run was
+    interrupted.
+
+    Under `torchrun` (a default `torch.distributed` group) every rank calls this with the same
+    arguments: rank r computes shards r, r + W, ... of the W ranks, so the files are the same
+    for any world size, and a rerun with another world size completes only what is missing.
+    Rank 0 writes the manifest; a rank that raises ends the call on every rank with
+    `scorekit.ranks.RankFailed` naming the rank, the shard and the error. `progress`: a tqdm bar
+    on rank 0 counting the shards on disk (all ranks').
     """
+    ranks = Ranks.current()
     n = check_positive_int(n, "n")
+    seed = rng.check_seed(seed)
+    if seed + n - 1 > rng.MAX_SEED:
+        raise ValueError(f"seed + n - 1 = {seed + n - 1} exceeds {rng.MAX_SEED}")
     batch_size = check_positive_int(batch_size, "batch_size")
     dims = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
     sample_shape = check_shape((1, *dims))[1:]
     device = torch.device("cpu" if device is None else device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, _manifest(n, batch_size, sample_shape, seed, method, steps, dtype, sde,
-                                   options))
-    for stale in out.glob(".shard-*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    want = _manifest(n, batch_size, sample_shape, seed, method, steps, dtype, sde, options)
+    error = None
+    if ranks.is_main:  # one writer for the manifest and the clean-up
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_manifest(out, want)
+            for stale in out.glob(".shard-*.tmp"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
+        except (OSError, ValueError) as err:
+            error = err
+    ranks.agree(error, f"sample_to_disk into {out}")
     n_shards = -(-n // batch_size)
     res = StreamResult(out, n, n_shards)
     start_time = time.perf_counter()
-    for k in range(n_shards):
-        start = k * batch_size
-        rows = min(batch_size, n - start)
-        path = shard_path(out, k)
-        if _shard_ok(path, k, start, rows):
-            res.skipped.append(k)
-            continue
-        gen = torch.Generator(device).manual_seed(shard_seed(seed, k))
-        r = sample(score, sde, (rows, *sample_shape), method=method, steps=steps,
-                            generator=gen, device=device, dtype=dtype, **options)
-        io.save(path, {"x": r.x.detach().cpu()},
-                  {"shard": k, "start": start, "rows": rows, "seed": shard_seed(seed, k),
-                   "nfe": r.nfe})
-        res.written.append(k)
-        del r
-    manifest = json.loads((out / MANIFEST).read_text())
-    io.write_text_atomic(out / MANIFEST, json.dumps({**manifest, "complete": True}, indent=2))
+    bar = tqdm(total=n_shards, desc="shards", unit="shard",
+               disable=not (progress and ranks.is_main))
+    bar.update(sum(shard_path(out, k).is_file() for k in range(n_shards)))
+    try:
+        for k in ranks.mine(n_shards):
+            start = k * batch_size
+            rows = min(batch_size, n - start)
+            path = shard_path(out, k)
+            if _shard_ok(path, k, start, rows):
+                res.skipped.append(k)
+                continue
+            seeds = torch.arange(start, start + rows, dtype=torch.int64) + seed
+            try:
+                r = sample(score, sde, (rows, *sample_shape), method=method, steps=steps,
+                           seeds=seeds, device=device, dtype=dtype, **options)
+                io.save(path, {"x": r.x.detach().cpu()},
+                        {"shard": k, "start": start, "rows": rows, "seed": seed + start,
+                         "nfe": r.nfe})
+            except Exception as err:  # named, then reported to every rank by `agree`
+                raise RuntimeError(f"shard {k} (rows {start}..{start + rows - 1}): "
+                                   f"{type(err).__name__}: {err}") from err
+            res.written.append(k)
+            del r
+            if not bar.disable:
+                bar.n = sum(shard_path(out, j).is_file() for j in range(n_shards))
+                bar.refresh()
+    except Exception as err:
+        error = err
+    bar.close()
+    ranks.agree(error, f"sample_to_disk into {out}")
+    if ranks.is_main:
+        missing = [k for k in range(n_shards) if not shard_path(out, k).is_file()]
+        if missing:
+            raise RuntimeError(f"{out}: shards {missing[:8]} missing after every rank finished")
+        manifest = json.loads((out / MANIFEST).read_text())
+        io.write_text_atomic(out / MANIFEST, json.dumps({**manifest, "complete": True},
+                                                        indent=2))
+    ranks.barrier()  # the manifest is complete before any rank returns
     res.wall_time = time.perf_counter() - start_time
     return res
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from samplers.grids import time_grid
-from scorekit import io
+from scorekit import io, rng
 from scorekit.processes import SDE, Score
 from scorekit.scores.gaussian import LowRankGaussian, eigh_desc
 
@@ -164,7 +164,7 @@ class GaussianTeleport(LowRankGaussian):
         b2 = max(s0**2 - a**2 * s1**2, 0.0)
         mean = self._parts(xf)[0]
         delta = xf - a0 * mean
-        z = torch.randn(xf.shape, generator=generator, device=xf.device, dtype=xf.dtype)
+        z = rng.randn(xf.shape, generator, xf.dtype, xf.device)
         drift = self._apply(delta, a * c1 / c0, a * p1 / p0)
         noise = self._apply(z, (b2 * c1 / c0).sqrt(), (b2 * p1 / p0) ** 0.5)
         return (a1 * mean + drift + noise).reshape(x.shape)

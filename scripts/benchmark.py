@@ -2,7 +2,9 @@
 
 Keys are the suite function's keyword arguments (Hydra-override style, values parsed as YAML),
 e.g. `python scripts/benchmark.py suite=sudoku budget_min=30 n_puzzles=64`. Suites write
-`benchmarks/results/<name>.{json,md,png}`. `python scripts/benchmark.py` lists the suites.
+`benchmarks/results/<name>.{json,md,png}`; `suite=all` regenerates every committed table
+(`benchmarks/regenerate.py`; `quick=true`: CI-sized, into outputs/benchmarks_quick/).
+`python scripts/benchmark.py` lists the suites.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from scorekit.training.signals import StopRequested  # noqa: E402
 
 # suite name -> "module:function" under benchmarks/; add new suites here.
 SUITES = {"sudoku": "benchmarks.sudoku:run", "fd_nfe": "benchmarks.fd_nfe:run",
-          "hot_loop": "benchmarks.hot_loop:run", "frontier": "benchmarks.sampler_frontier:run"}
+          "hot_loop": "benchmarks.hot_loop:run", "frontier": "benchmarks.sampler_frontier:run",
+          "all": "benchmarks.regenerate:run"}
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:

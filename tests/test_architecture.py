@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
-    ("scorekit", "scorekit._validate", "scorekit.io"),
+    ("scorekit", "scorekit._validate", "scorekit.io", "scorekit.rng", "scorekit.ranks"),
     ("scorekit.processes",),
     ("scorekit.scores",),
     ("scorekit.data", "scorekit.objectives", "scorekit.nets"),

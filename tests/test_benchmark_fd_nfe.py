@@ -96,3 +96,38 @@ def test_fd_nfe_logs_table_and_plot_to_wandb_offline(tiny_run, tmp_path, monkeyp
             break
         time.sleep(0.5)
     assert b"fd_vs_nfe" in logged and b"fd/em" in logged
+
+
+def test_fd_nfe_under_torchrun_matches_one_process(tiny_run, tmp_path):
+    """Two gloo ranks split every setting's samples by index and merge the feature
+    statistics; rank 0 alone writes. The samples equal one process's up to the UNet's
+    batch-size-dependent rounding (the ranks evaluate half batches), so FD agrees to 1e-3."""
+    import os
+    import shutil
+    import subprocess
+
+    two_run, one_run = tmp_path / "two_run", tmp_path / "one_run"
+    shutil.copytree(tiny_run, two_run)
+    shutil.copytree(tiny_run, one_run)
+    for d in (two_run, one_run):
+        shutil.rmtree(d / "fd_nfe", ignore_errors=True)
+    args = ["features=raw", "n=16", "seeds=1", "methods=[em,heun]", "quick=true"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "scripts" / "benchmark.py"), "suite=fd_nfe", f"ckpt={two_run}", *args,
+           f"out_dir={tmp_path / 'out2'}", "name=two"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    two = json.loads((tmp_path / "out2" / "two.json").read_text())
+    one = fd_nfe.run(ckpt=str(one_run), features="raw", n=16, seeds=1, methods=["em", "heun"],
+                     quick=True, out_dir=str(tmp_path / "out1"), name="one")
+    key = lambda r: (r["method"], r["setting"], r["seed"])  # noqa: E731
+    rows2, rows1 = {key(r): r for r in two["rows"]}, {key(r): r for r in one["rows"]}
+    assert rows2.keys() == rows1.keys()
+    for k, r in rows1.items():
+        assert rows2[k]["nfe"] == r["nfe"], k
+        assert rows2[k]["fd_test"] == pytest.approx(r["fd_test"], rel=1e-3), k
+    cached = json.loads((two_run / "fd_nfe" / "rows.json").read_text())["rows"]
+    assert len(cached) == len([r for r in two["rows"] if r["nfe"] > 0]) + 1  # + matched

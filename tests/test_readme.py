@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -13,6 +15,10 @@ def test_readme_sampling_tour_runs(tmp_path, monkeypatch):
     ns: dict = {}
     exec(compile(tour, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
     assert ns["res"].x.shape == (2000, 2)
+    assert torch.equal(ns["a"][:8], ns["b"])  # the per-sample seeds paragraph's claim
+    tele = ns["res_tp"]  # the teleport example: heun's 2 x 12 - 1 + the probe's share
+    assert tele.info["t_start_probe_evals"] == 16 * 512
+    assert tele.nfe == 2 * 12 - 1 + 16 * 512 / 2000
     assert ns["nll"].shape == (2000,) and ns["nll"].isfinite().all()
     assert (tmp_path / "grid8.json").is_file() and ns["g"]["gain"] > 1
 

@@ -243,3 +243,35 @@ def test_sixteen_dim_gaussian_at_10_and_20_nfe(method):
         y = res.x - m
         err = float((y.var(0) / lam - 1).abs().mean() + (y.mean(0) / lam.sqrt()).abs().mean())
         assert err <= bound, (nfe, err)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_euler_diffusers_evaluates_at_the_schedulers_sigma(sde):
+    """diffusers' Euler steps through Karras sigmas between the table's entries: each score
+    call is at the time whose noise level sigma_t / alpha_t is the scheduler's sigma (rounding
+    the timestep to the table was 0.14-0.40 % off). The noise level is written here from the
+    processes' closed forms."""
+    import diffusers
+
+    seen = []
+
+    def score(x, t):
+        seen.append(float(t[0]))
+        return -x
+
+    samplers.sample(score, sde, (4, 2), method="euler_diffusers", steps=9, dtype=F64)
+    # The scheduler, built by diffusers from the same Karras settings on our table's levels.
+    res_levels = []
+    for t in seen:
+        if isinstance(sde, VPSDE):
+            log_alpha = -0.25 * t**2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min
+            res_levels.append(math.sqrt(math.expm1(-2 * log_alpha)))
+        else:
+            res_levels.append(sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t)
+    sched = diffusers.EulerDiscreteScheduler(
+        num_train_timesteps=1000, use_karras_sigmas=True, final_sigmas_type="zero",
+        trained_betas=samplers.diffusers_adapter.trained_betas(sde))
+    sched.set_timesteps(9)
+    want = sched.sigmas[:-1].double().tolist()
+    assert len(seen) == 9
+    assert res_levels == pytest.approx(want, rel=1e-9)

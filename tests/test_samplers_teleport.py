@@ -249,7 +249,13 @@ def test_t_start_auto_and_validation():
     assert probe["ev"][-1] < 0.999 and sde.eps < t_star < sde.T
     res = samplers.sample(gmm, sde, (100, 2), method="heun", steps=6, dtype=F64, teleport=tp,
                           teleport_thresh=0.999, generator=_gen(1))
-    assert res.info["t_start"] == t_star and res.info["t_start_probe_evals"] > 0
+    assert res.info["t_start"] == t_star
+    # The probe's evaluations (len(probe t) x 512 draws) are charged, spread over the 100 samples.
+    fixed = samplers.sample(gmm, sde, (100, 2), method="heun", steps=6, dtype=F64, teleport=tp,
+                            t_start=t_star, generator=_gen(1))
+    assert res.info["t_start_probe_evals"] == len(probe["t"]) * 512
+    assert res.nfe == pytest.approx(fixed.nfe + len(probe["t"]) * 512 / 100, rel=1e-12)
+    assert torch.equal(res.x, fixed.x)
     gs = GaussianScore(mean, full_cov, sde)  # exact Gaussian data: EV = 1 down to the last t > eps
     t_g, _ = tp.suggest_t_start(gs, thresh=0.999)
     assert sde.eps < t_g < 0.01

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from samplers.plans import memo
+from scorekit import rng
 from scorekit.processes import compute_dtype
 
-# Philox seeds are drawn below 2^62 so the int64 seed tensor never overflows.
+# Seeds drawn from a torch.Generator stay below 2^62 (int64 seed tensors never overflow).
 SEED_BOUND = 2**62
 
 
@@ -43,10 +44,15 @@ class Steps:
 
     table (N, k) float64: row i = step i's coefficients. The PyTorch path reads `rows` (Python
     floats in x's dtype, or `host_rows`); the kernel path reads `coef` on the device at the row
-    of the device `cursor` = [row, Philox offset], so its loops are CUDA-graph capturable. The
+    of the device `cursor` = [row, Philox block], so its loops are CUDA-graph capturable. The
     read-only data derived from (table, ts, host_rows) for a device, dtype and batch is built
-    once and reused (`plans.memo`); under CUDA-graph capture the Philox seed is not drawn here
-    but set before each replay (`reset`).
+    once and reused (`plans.memo`); under CUDA-graph capture the Philox seeds are not set here
+    but before each replay (`reset`).
+
+    Noise on the kernel path follows `scorekit.rng.SampleStreams`: row r draws from Philox keyed
+    by its own seed (`seeds[r]` of a SampleStreams generator, or one drawn per row from a
+    torch.Generator), each draw taking ceil(D / 4) counter blocks, so it reproduces the PyTorch
+    path's per-sample streams up to float rounding.
     """
 
     def __init__(self, table: Tensor, ts: Tensor, like: Tensor,
@@ -55,6 +61,8 @@ class Steps:
         self.fused = use_fused(like, use_triton)
         self.noise = noise  # False: a deterministic solve, which draws no Philox seed
         self.count, self.batch, self.numel = table.shape[0], like.shape[0], like.numel()
+        self.row_numel = self.numel // max(self.batch, 1)
+        self.blocks = -(-self.row_numel // 4)  # Philox blocks per row per draw
         self.generator = generator
         key = ("steps", id(table), id(ts), id(host_rows), like.dtype, like.device, self.batch,
                self.numel, self.fused)
@@ -65,7 +73,7 @@ class Steps:
             dev = like.device
             # No fill kernels here: under capture they would reset the seed at every replay.
             self.cursor = torch.empty(2, dtype=torch.int64, device=dev)
-            self.seed = torch.empty(1, dtype=torch.int64, device=dev)
+            self.seed = torch.empty(self.batch, dtype=torch.int64, device=dev)
             if not (like.is_cuda and torch.cuda.is_current_stream_capturing()):
                 self.reset(generator)
 
@@ -80,21 +88,30 @@ class Steps:
             return rows, t_table, times, None, None
         coef = table.to(device=like.device, dtype=work).contiguous()
         # Cursor increments: next step (row and noise), noise only, row only.
-        moves = torch.tensor([[1, self.numel], [0, self.numel], [1, 0]], dtype=torch.int64,
+        moves = torch.tensor([[1, self.blocks], [0, self.blocks], [1, 0]], dtype=torch.int64,
                              device=like.device)
         return rows, t_table, times, coef, moves
 
-    def reset(self, generator: torch.Generator | None = None) -> None:
-        """Kernel path: back to row 0 with a fresh Philox seed drawn from `generator` (none for
-        a noise-free solve: its random streams are left untouched)."""
+    def reset(self, generator: torch.Generator | rng.SampleStreams | None = None) -> None:
+        """Kernel path: back to row 0 with the rows' Philox seeds: those of a SampleStreams
+        generator (from its current block), or fresh ones drawn from a torch.Generator (none
+        for a noise-free solve: its random streams are left untouched)."""
         if not self.fused:
             return
         self.cursor.zero_()
         if not self.noise:
             return
+        streams = rng.streams_for(generator, self.batch)
+        if streams is not None:
+            start = streams.blocks
+            if bool((start != start[0]).any()):
+                raise ValueError("the kernel path needs every row's stream at the same block")
+            self.seed.copy_(streams.seeds, non_blocking=True)
+            self.cursor[1:].copy_(start[:1], non_blocking=True)
+            return
         dev = self.cursor.device
         gen_dev = generator.device if generator is not None else dev
-        seed = torch.randint(0, SEED_BOUND, (1,), generator=generator, device=gen_dev,
+        seed = torch.randint(0, SEED_BOUND, (self.batch,), generator=generator, device=gen_dev,
                              dtype=torch.int64)
         self.seed.copy_(seed, non_blocking=True)
 
@@ -115,8 +132,10 @@ class Steps:
         return torch.index_select(self.coef[:, col], 0, self.cursor[:1])
 
     def draw(self, x: Tensor) -> Tensor:
-        """PyTorch path: standard normal noise shaped like x from the solve's generator, into
-        a buffer reused every step."""
+        """PyTorch path: standard normal noise shaped like x from the solve's generator (per
+        sample for SampleStreams), into a buffer reused every step."""
+        if isinstance(self.generator, rng.SampleStreams):
+            return self.buffer("z", x).copy_(self.generator.randn(x.shape, x.dtype))
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device,
                            out=self.buffer("z", x))
 

@@ -1,7 +1,7 @@
 """Triton kernels of the fused updates and their launchers (imported on the kernel path only).
 
 Every kernel reads its coefficients from the device table at the cursor's row and its noise
-from Philox at (seed, cursor offset + flat index), so one launch is one pass over the state
+from Philox at (row seed, cursor block + column // 4), so one launch is one pass over the state
 and a loop of launches is CUDA-graph capturable. Arithmetic runs in float32 (float64 for
 float64 storage); stores cast back to the storage dtype.
 """
@@ -23,11 +23,21 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, HAS_NOISE: tl.constexpr):
+def _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, d, HAS_NOISE: tl.constexpr):
+    # Element j of row r: slot j % 4 of Philox block (cursor + j // 4) under seed r, turned
+    # into a normal as scorekit.rng.SampleStreams does (Box-Muller on word pairs (0,1), (2,3)).
     if HAS_NOISE:
         z = tl.load(z_ptr + idx, mask=mask, other=0.0)
     else:
-        z = tl.randn(tl.load(seed_ptr), tl.load(cursor_ptr + 1) + idx)
+        row, j = idx // d, idx % d
+        seed = tl.load(seed_ptr + row, mask=mask, other=0)
+        w0, w1, w2, w3 = tl.randint4x(seed, tl.load(cursor_ptr + 1) + j // 4)
+        slot = j % 4
+        wa = tl.where(slot < 2, w0, w2).to(tl.float32)
+        wb = tl.where(slot < 2, w1, w3).to(tl.float32)
+        r = tl.sqrt(-2.0 * tl.log((wa + 0.5) * 2.3283064365386963e-10))
+        th = 6.283185307179586 * ((wb + 0.5) * 2.3283064365386963e-10)
+        z = tl.where(slot % 2 == 0, r * tl.cos(th), r * tl.sin(th))
     return z
 
 
@@ -52,7 +62,7 @@ def _row_tile(rows, j, b, d, COLS: tl.constexpr):
 
 
 @triton.jit
-def _em_kernel(x_ptr, s_ptr, z_ptr, mean_ptr, coef_ptr, cursor_ptr, seed_ptr, n, ncol,
+def _em_kernel(x_ptr, s_ptr, z_ptr, mean_ptr, coef_ptr, cursor_ptr, seed_ptr, n, d, ncol,
                COL: tl.constexpr, HAS_NOISE: tl.constexpr, WRITE_MEAN: tl.constexpr,
                BLOCK: tl.constexpr):
     idx, mask = _block(n, BLOCK)
@@ -60,7 +70,7 @@ def _em_kernel(x_ptr, s_ptr, z_ptr, mean_ptr, coef_ptr, cursor_ptr, seed_ptr, n,
     k1, k2, k3 = tl.load(row), tl.load(row + 1), tl.load(row + 2)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(k1.dtype)
     s = tl.load(s_ptr + idx, mask=mask, other=0.0).to(k1.dtype)
-    z = _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, HAS_NOISE).to(k1.dtype)
+    z = _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, d, HAS_NOISE).to(k1.dtype)
     mean = k1 * x + k2 * s
     tl.store(x_ptr + idx, (mean + k3 * z).to(x_ptr.dtype.element_ty), mask=mask)
     if WRITE_MEAN:
@@ -76,7 +86,7 @@ def _row_sq_norms_kernel(s_ptr, z_ptr, out_ptr, cursor_ptr, seed_ptr, b, d,
     for j in range(0, d, COLS):
         idx, mask = _row_tile(rows, j, b, d, COLS)
         s = tl.load(s_ptr + idx, mask=mask, other=0.0).to(acc_s.dtype)
-        z = _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, HAS_NOISE).to(acc_z.dtype)
+        z = _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, d, HAS_NOISE).to(acc_z.dtype)
         acc_s += s * s
         acc_z += tl.where(mask, z * z, 0.0)
     tl.store(out_ptr + 2 * rows, tl.sum(acc_s, axis=1), mask=rows < b)
@@ -90,7 +100,7 @@ def _langevin_kernel(x_ptr, s_ptr, z_ptr, e_ptr, cursor_ptr, seed_ptr, n, d,
     e = tl.load(e_ptr + idx // d, mask=mask, other=0.0)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(e.dtype)
     s = tl.load(s_ptr + idx, mask=mask, other=0.0).to(e.dtype)
-    z = _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, HAS_NOISE).to(e.dtype)
+    z = _noise(z_ptr, idx, mask, seed_ptr, cursor_ptr, d, HAS_NOISE).to(e.dtype)
     out = x + e * s + tl.sqrt(2.0 * e) * z
     tl.store(x_ptr + idx, out.to(x_ptr.dtype.element_ty), mask=mask)
 
@@ -172,7 +182,8 @@ def em(x: Tensor, s: Tensor, steps: Steps, col: int, noise: Tensor | None,
     """Launch the EM/ancestral update on contiguous x (in place)."""
     n = x.numel()
     _em_kernel[_grid(n)](x, _flat(s, x), _flat(noise, x), _flat(mean, x), steps.coef,
-                         steps.cursor, steps.seed, n, steps.coef.shape[1], COL=col,
+                         steps.cursor, steps.seed, n, steps.row_numel, steps.coef.shape[1],
+                         COL=col,
                          HAS_NOISE=noise is not None, WRITE_MEAN=mean is not None,
                          BLOCK=BLOCK, num_warps=NUM_WARPS)
 

@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 import inspect
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from scorekit.data.boltzmann import CLEAN_SCORES, banana, double_well
+from scorekit.data.dataset import Dataset
 from scorekit.data.images import IMAGE_RANGE, digits, folder, patches
 from scorekit.data.sudoku import sudoku_grids
 from scorekit.data.synthetic import checkerboard, gmm, gmm_params, moons, swissroll
@@ -28,49 +26,6 @@ DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": 
             "digits": digits, "banana": banana, "double_well": double_well, "patches": patches,
             "folder": folder, "sudoku": sudoku_grids}
 FIXED_SETS = ("digits", "folder")  # a fixed collection of images, split rather than drawn
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Train and held-out test samples, (N, *sample_shape); kind is "points", "image" or
-    "sudoku" (digit grids (N, 9, 9), modelled as one-hot boards of shape (81, 9));
-    value_range: the interval every element lies in (images), or None."""
-
-    name: str
-    train: Tensor
-    test: Tensor
-    kind: str
-    sample_shape: tuple[int, ...]
-    params: dict[str, Any] = field(default_factory=dict)
-    value_range: tuple[float, float] | None = None
-
-    @property
-    def dim(self) -> int:
-        return math.prod(self.sample_shape)
-
-    @property
-    def has_exact_score(self) -> bool:
-        return self.name == "gmm"
-
-    @property
-    def has_clean_score(self) -> bool:
-        """Whether grad log p0 is known pointwise (`score`), as target score matching needs."""
-        return self.name in CLEAN_SCORES
-
-    def score(self, x0: Tensor) -> Tensor:
-        """Clean data score grad log p0(x0); x0: (B, *sample_shape), computed in its dtype."""
-        if not self.has_clean_score:
-            raise ValueError(f"dataset {self.name!r} has no known clean score; valid: "
-                             f"{sorted(CLEAN_SCORES)}")
-        return CLEAN_SCORES[self.name](x0, **self.params)
-
-    def exact_score(self, sde):
-        """The closed-form score of the data distribution under `sde` (mixtures only)."""
-        if not self.has_exact_score:
-            raise ValueError(f"dataset {self.name!r} has no closed-form score")
-        from scorekit.scores import GMMScore
-
-        return GMMScore(*gmm_params(**self.params), sde)
 
 
 def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int = 0,

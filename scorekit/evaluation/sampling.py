@@ -27,21 +27,23 @@ class SamplingMixin:
 
     def sample(self, n: int, sampler: DictConfig | dict | None = None, use_ema: bool = True,
                seed: int = 1) -> samplers.SampleResult:
-        """Draw n samples with the configured (or given) sampler section."""
+        """Draw n samples with the configured (or given) sampler section; sample i from the
+        per-sample stream of seed + i (`samplers.sample(seed=...)`)."""
         model, method, options = self._sampler_setup(sampler, use_ema)
-        gen = torch.Generator(self.device).manual_seed(seed)
         return samplers.sample(model, self.sde, (n, *self.data.sample_shape), method=method,
-                               generator=gen, device=self.device, dtype=self.dtype, **options)
+                               seed=seed, device=self.device, dtype=self.dtype, **options)
 
     def sample_to_disk(self, out_dir: str | Path, n: int, batch_size: int = 10_000,
                        sampler: DictConfig | dict | None = None, use_ema: bool = True,
-                       seed: int = 1) -> samplers.stream.StreamResult:
+                       seed: int = 1, progress: bool = False) -> samplers.stream.StreamResult:
         """`samplers.sample_to_disk` with this run's model and sampler section: n samples in
-        shards of batch_size under out_dir, resuming an interrupted call."""
+        shards of batch_size under out_dir, resuming an interrupted call (split over the
+        ranks under torchrun)."""
         model, method, options = self._sampler_setup(sampler, use_ema)
         return samplers.sample_to_disk(model, self.sde, out_dir, n, self.data.sample_shape,
                                        batch_size=batch_size, seed=seed, method=method,
-                                       device=self.device, dtype=self.dtype, **options)
+                                       device=self.device, dtype=self.dtype, progress=progress,
+                                       **options)
 
     def optimize_grid(self, nfe: int, sampler: DictConfig | dict | None = None,
                       use_ema: bool = True, n: int = 512, max_evals: int = 400,

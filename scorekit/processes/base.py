@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from scorekit import rng
 from scorekit._validate import T_SLACK
 
 __all__ = ["SDE", "Process", "Score", "per_sample", "as_t", "check_range", "compute_dtype"]
@@ -143,7 +144,7 @@ class SDE(ABC):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Draw from the prior N(0, prior_std^2 I); shape (B, *D)."""
-        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        z = rng.randn(tuple(shape), generator, dtype, device)
         return z if self.prior_std == 1.0 else z.mul_(self.prior_std)
 
     def prior_logp(self, z: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from scorekit import io
+from scorekit import io, rng
 from scorekit.processes.jacobi import (
     JacobiTable,
     beta_logpdf,
@@ -319,9 +319,8 @@ class JacobiDiffusion:
         """
         cat = self._check_onehot(x0)
         t = self.check_t(t, like=x0)
-        u = torch.rand(x0.shape[:-1] + (self.K - 1,), generator=generator, dtype=torch.float64,
-                       device=x0.device)
-        pick = torch.rand(t.shape, generator=generator, dtype=torch.float64, device=x0.device)
+        u = rng.rand(x0.shape[:-1] + (self.K - 1,), generator, torch.float64, x0.device)
+        pick = rng.rand(t.shape, generator, torch.float64, x0.device)
         tpos = self._time_position(t)
         ti = (tpos.floor() + (pick < tpos - tpos.floor()).double()).long()
         ti = ti.clamp(max=self.n_time - 1).reshape((-1,) + (1,) * (x0.dim() - 1))
@@ -389,8 +388,7 @@ class JacobiDiffusion:
         shape = tuple(shape)
         if shape[-1] != self.K:
             raise ValueError(f"shape must end in K={self.K}, got {shape}")
-        u = torch.rand(shape[:-1] + (self.K - 1,), generator=generator, device=device,
-                       dtype=torch.float64)
+        u = rng.rand(shape[:-1] + (self.K - 1,), generator, torch.float64, device)
         b = torch.tensor(self.b, dtype=torch.float64, device=u.device)
         v = -torch.expm1(torch.log1p(-u) / b)
         return stick_breaking(v).to(dtype or torch.get_default_dtype())

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from scorekit import rng
 from scorekit.processes.base import SDE, as_t, check_range, per_sample
 
 __all__ = ["NonlinearSDE", "DoubleWellSDE", "NONLINEAR_SDES", "quartic_well",
@@ -93,7 +94,7 @@ class NonlinearSDE(SDE):
         hx = per_sample(h, x)
         for i in range(steps):
             t = t_from + i * h
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            z = rng.randn(x.shape, generator, x.dtype, x.device)
             x = x + hx * self._drift(x, t) + per_sample(self._diffusion(t), x) * hx.sqrt() * z
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"Euler–Maruyama with {steps} steps diverged (step "
@@ -130,14 +131,38 @@ def quartic_well(n: int, k: float, generator: torch.Generator | None = None,
     out = torch.empty(0, dtype=torch.float64, device=device)
     while out.numel() < n:
         m = 2 * (n - out.numel()) + 16
-        u = torch.rand(m, generator=generator, dtype=torch.float64, device=device)
-        z = torch.randn(m, generator=generator, dtype=torch.float64, device=device)
+        u = rng.rand(m, generator, torch.float64, device)
+        z = rng.randn(m, generator, torch.float64, device)
         y = torch.where(u < 0.5, -1.0, 1.0).to(torch.float64) + z / math.sqrt(2 * k)
         log_env = torch.logaddexp(-k * (y - 1) ** 2, -k * (y + 1) ** 2)
-        accept = torch.rand(m, generator=generator, dtype=torch.float64, device=device).log() \
+        accept = rng.rand(m, generator, torch.float64, device).log() \
             < -k * (y * y - 1) ** 2 - log_env
         out = torch.cat([out, y[accept]])
     return out[:n].to(dtype)
+
+
+def _quartic_well_rows(streams: rng.SampleStreams, d: int, k: float) -> Tensor:
+    """`quartic_well` row by row, (B, d): row i's candidates come from stream i only, and a row
+    stops drawing once it holds d draws, so its draws never depend on the other rows."""
+    b = len(streams)
+    out = torch.zeros(b, d, dtype=torch.float64, device=streams.device)
+    have = torch.zeros(b, dtype=torch.int64, device=streams.device)
+    need = torch.arange(b, device=streams.device)
+    m = 2 * d + 16
+    while need.numel():
+        u = streams.rand((need.numel(), m), torch.float64, rows=need)
+        z = streams.randn((need.numel(), m), torch.float64, rows=need)
+        a = streams.rand((need.numel(), m), torch.float64, rows=need)
+        y = torch.where(u < 0.5, -1.0, 1.0).to(torch.float64) + z / math.sqrt(2 * k)
+        log_env = torch.logaddexp(-k * (y - 1) ** 2, -k * (y + 1) ** 2)
+        accept = a.log() < -k * (y * y - 1) ** 2 - log_env
+        slot = have[need, None] + accept.long().cumsum(1) - 1  # where each accepted draw goes
+        keep = accept & (slot < d)
+        r, c = keep.nonzero(as_tuple=True)
+        out[need[r], slot[r, c]] = y[r, c]
+        have.index_add_(0, need, keep.long().sum(1))
+        need = need[have[need] < d]
+    return out
 
 
 def quartic_well_log_norm(k: float) -> float:
@@ -179,8 +204,11 @@ class DoubleWellSDE(NonlinearSDE):
     def _stationary(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                     device: torch.device | str | None = None, dtype: torch.dtype | None = None
                     ) -> Tensor:
-        y = quartic_well(math.prod(shape), self._k, generator, torch.float64, device)
-        return y.reshape(shape).to(dtype or torch.get_default_dtype())
+        if isinstance(generator, rng.SampleStreams):  # row i from stream i alone
+            y = _quartic_well_rows(generator, math.prod(shape[1:]), self._k)
+        else:
+            y = quartic_well(math.prod(shape), self._k, generator, torch.float64, device)
+        return y.reshape(shape).to(device=device, dtype=dtype or torch.get_default_dtype())
 
     def _stationary_logp(self, z: Tensor) -> Tensor:
         zf = z.flatten(1)

@@ -20,6 +20,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from scorekit import rng
 from scorekit.processes.base import SDE, as_t, per_sample
 from scorekit.processes.linear import VESDE
 
@@ -211,7 +212,7 @@ class ReflectedSDE(SDE):
                      device: torch.device | str | None = None, dtype: torch.dtype | None = None
                      ) -> Tensor:
         """Uniform on the box; shape (B, *D)."""
-        u = torch.rand(tuple(shape), generator=generator, device=device, dtype=dtype)
+        u = rng.rand(tuple(shape), generator, dtype, device)
         return self.lower + self.width * u
 
     def prior_logp(self, z: Tensor) -> Tensor:
@@ -264,7 +265,7 @@ class ReflectedSDE(SDE):
         return self._transition(x_t, x0, t)[1].to(x_t.dtype)
 
     def _noise(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        z = rng.randn(x0.shape, generator, x0.dtype, x0.device)
         sigma = per_sample(self.sigma(t.to(torch.float64)), x0)
         # Folded in float64: at sigma ~ 5 L the unfolded point lies tens of widths out.
         return self.fold(x0.to(torch.float64) + sigma * z.to(torch.float64)).to(x0.dtype)

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from scorekit import rng
 from scorekit._validate import check_score_input
 from scorekit.processes.base import SDE, Process
 
@@ -295,7 +296,7 @@ class LowRankGaussian:
         """n draws of x_t ~ N(m_t, C_t), shaped (n, *D)."""
         self._check_times(t, self.sde.T)
         alpha, _, c, c_perp = self._variances(t)
-        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
+        z = rng.randn((n, self.dim), generator, dtype, device)  # also per-sample streams
         mean = self._parts(z)[0]
         x = alpha * mean + self._apply(z, c.sqrt(), c_perp**0.5)
         return x.reshape(n, *self.sample_shape)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from scorekit.ranks import dist_timeout
 from scorekit.training.config import ConfigError
 
 
@@ -83,7 +84,8 @@ def init_from_env() -> Dist:
     if not dist.is_initialized():
         # One group for both kinds of tensor, so device=cpu also runs on a GPU machine.
         cuda = torch.cuda.is_available() and dist.is_nccl_available()
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
+                                timeout=dist_timeout())
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

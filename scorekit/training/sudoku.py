@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import samplers
-from scorekit.data import make_dataset
+from scorekit.data import Dataset
 from scorekit.data.sudoku import (
     augment,
     from_onehot,
@@ -39,12 +39,12 @@ class SudokuTrainer(Trainer, data="sudoku"):
     """`SudokuTrainer(cfg, run_dir).run()`: fit, solve held-out puzzles, write metrics/plot."""
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
-                 save_config: bool = True):
+                 save_config: bool = True, data: Dataset | None = None):
         cfg = self._init_run(cfg, run_dir)
-        name, params = split_named(cfg.data)
+        name, _ = split_named(cfg.data)
         if name != "sudoku":
             raise ConfigError(f"SudokuTrainer needs data=sudoku, got {name!r}")
-        self.data = make_dataset(name, seed=cfg.seed, **params)
+        self.data = data if data is not None else self._make_data(cfg)
         self.train_grids = self.data.train
         name, params = split_named(cfg.sde)
         self.sde = make_sde(name, **params)
@@ -102,13 +102,14 @@ class SudokuTrainer(Trainer, data="sudoku"):
         method, options = split_named(section, key="method")
         model = self.ema if use_ema else self.model
         model.eval()
-        gen = torch.Generator(self.device).manual_seed(seed)
-        preds, nfe, wall = [], 0.0, 0.0
+        preds, nfe, wall, done = [], 0.0, 0.0, 0
         for part in puzzles.repeat_interleave(candidates, 0).split(batch):
+            seeds = torch.arange(done, done + part.shape[0]) + seed  # per candidate
+            done += part.shape[0]
             known = (part > 0).reshape(part.shape[0], 81).to(self.device)
             x_known = to_onehot(part.clamp_min(1), self.dtype).to(self.device)
             res = samplers.sample(partial(model, known=known), self.sde, (part.shape[0], 81, 9),
-                                  method=method, generator=gen, device=self.device,
+                                  method=method, seeds=seeds, device=self.device,
                                   dtype=self.dtype, known=known, x_known=x_known, **options)
             preds.append(from_onehot(res.x).cpu())
             nfe, wall = res.nfe, wall + res.info["wall_time"]

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 import samplers
 from scorekit import io
 from scorekit._validate import check_kwargs
-from scorekit.data import make_dataset
+from scorekit.data import Dataset, make_dataset
+from scorekit.data.reference import REFERENCE, load_reference, save_reference
 from scorekit.evaluation.sampling import SamplingMixin
 from scorekit.nets import make_model
 from scorekit.objectives import make_objective
@@ -84,10 +85,9 @@ class Trainer(StepMixin, SamplingMixin):
             Trainer.tasks[data] = cls
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
-                 save_config: bool = True):
+                 save_config: bool = True, data: Dataset | None = None):
         cfg = self._init_run(cfg, run_dir)
-        name, params = split_named(cfg.data)
-        self.data = make_dataset(name, seed=cfg.seed, **params)
+        self.data = data if data is not None else self._make_data(cfg)
         self.train_x = self.data.train.to(self.device, self.dtype)
         name, params = split_named(cfg.sde)
         self.sde = make_sde(name, **params)
@@ -103,7 +103,7 @@ class Trainer(StepMixin, SamplingMixin):
             self.model = EmpiricalScore(self.data.train, self.sde, seed=cfg.seed, **params)
         else:
             if params.get("sigma_data", "auto") in ("auto", None):
-                params["sigma_data"] = float(self.data.train.std())
+                params["sigma_data"] = float(self.data.train_std)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)  # seeded network initialisation, global RNG untouched
                 self.model = make_model(name, self.data.dim, self.sde,
@@ -113,6 +113,17 @@ class Trainer(StepMixin, SamplingMixin):
         data_score = self.data.score if self.data.has_clean_score else None
         self.objective = make_objective(name, self.sde, data_score=data_score, **params)
         self._init_training(save_config)
+
+    @staticmethod
+    def _make_data(cfg: DictConfig) -> Dataset:
+        name, params = split_named(cfg.data)
+        return make_dataset(name, seed=cfg.seed, **params)
+
+    def _save_reference(self) -> None:
+        """Rank 0: store what sampling needs from the data (`scorekit.data.reference`), once."""
+        path = self.run_dir / REFERENCE
+        if self.dist.is_main and not path.is_file():
+            save_reference(self.data, path, seed=self.cfg.seed)
 
     def _init_run(self, cfg: DictConfig | dict, run_dir: str | Path | None) -> DictConfig:
         """Validated config, ranks, device, run directory (rank 0's) and dtype (shared by every
@@ -148,6 +159,7 @@ class Trainer(StepMixin, SamplingMixin):
             self._init_step()
         if save_config and self.dist.is_main:
             io.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
+            self._save_reference()
 
     def _check_in_box(self) -> None:
         """A reflected process lives on its box: the training data must lie in it."""
@@ -371,7 +383,8 @@ class Trainer(StepMixin, SamplingMixin):
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, checkpoint: str | Path | None = None,
                      **overrides: Any) -> Trainer:
-        """Rebuild a trained run from its saved `config.yaml` and load its weights."""
+        """Rebuild a trained run from its saved `config.yaml`, its data reference and its
+        weights; the data source itself is not needed."""
         run_dir = Path(run_dir)
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
@@ -380,7 +393,11 @@ class Trainer(StepMixin, SamplingMixin):
         cfg.trainer.resume = False
         cfg = OmegaConf.merge(cfg, overrides)
         klass = trainer_class(cfg) if cls is Trainer else cls
-        trainer = klass(cfg, run_dir=run_dir, save_config=False)
+        # The data set is not rebuilt: its stored reference has what sampling needs (runs
+        # written before references existed rebuild it from the config).
+        ref = run_dir / REFERENCE
+        data = load_reference(ref)[0] if ref.is_file() else None
+        trainer = klass(cfg, run_dir=run_dir, save_config=False, data=data)
         path = Path(checkpoint or trainer.ckpt_path)
         # A pickle state_dict (trainer.allow_pickle) has weights only; ours restore everything.
         trainer.load_checkpoint(path, weights_only=path.is_file() and io.is_pickle(path))

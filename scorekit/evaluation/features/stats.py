@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from scorekit.ranks import Ranks
+
 
 class FeatureStats:
     """Running mean and scatter matrix of feature rows, merged batch by batch (Chan, Golub and
@@ -59,6 +61,36 @@ class FeatureStats:
         self._scatter = self._scatter + scatter_b + torch.outer(delta, delta) * (self.n * nb / n)
         self.n = n
         return self
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        """Add another set's statistics (Chan's pairwise formula); returns self."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            self.n, self._mean, self._scatter = other.n, other._mean.clone(), other._scatter.clone()
+            return self
+        n = self.n + other.n
+        delta = other._mean.to(self._mean.device) - self._mean
+        self._mean = self._mean + delta * (other.n / n)
+        self._scatter = (self._scatter + other._scatter.to(self._mean.device)
+                         + torch.outer(delta, delta) * (self.n * other.n / n))
+        self.n = n
+        return self
+
+    def gathered(self, ranks: Ranks) -> FeatureStats:
+        """The statistics of every rank's features (float64), merged in rank order, so every
+        rank gets the same result; self in one process."""
+        if not ranks.enabled:
+            return self
+        mine = (self.n, None if self._mean is None else self._mean.cpu(),
+                None if self._scatter is None else self._scatter.cpu())
+        out = FeatureStats()
+        for n, mean, scatter in ranks.gather(mine):
+            if n:
+                part = FeatureStats()
+                part.n, part._mean, part._scatter = n, mean, scatter
+                out.merge(part)
+        return out
 
     @property
     def mean(self) -> Tensor:

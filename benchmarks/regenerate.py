@@ -1,0 +1,158 @@
+"""Regenerate every committed result table from one command.
+
+    python scripts/benchmark.py suite=all                # every table in benchmarks/results/
+    python scripts/benchmark.py suite=all quick=true     # the same scripts, CI-sized, elsewhere
+    python scripts/benchmark.py suite=all only=[fkc_anneal,hot_loop_cpu]
+
+`TABLES` maps each committed table to the commands that produce it (a table that needs a
+trained model first trains it; training resumes where an earlier call stopped). Each command
+runs in its own process, one after the other, with `SCOREKIT_RESULTS_DIR` pointing at the
+output folder: `benchmarks/results/` for the full run (the committed tables), and for quick
+runs `outputs/benchmarks_quick/` (never the committed tables). Every results JSON records its
+commit, dirty flag (and the hash of the diff when dirty), exact command, package versions and
+device (`benchmarks._report.environment`). `regenerate.{json,md}` in the output folder lists
+each table's commands, outcome and wall time; `est_min` is the full run's wall time measured
+on a 2-core CPU (the sum is the time to budget for `suite=all`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks._report import COMMITTED, ROOT, environment, markdown_table
+
+QUICK_DIR = ROOT / "outputs" / "benchmarks_quick"
+PY = "python"  # recorded in the table; the commands run with this interpreter
+
+
+@dataclass(frozen=True)
+class Table:
+    """One committed table: its commands (full and quick) and the full run's wall time."""
+
+    name: str
+    full: list[list[str]]
+    quick: list[list[str]]
+    est_min: float
+    note: str = ""
+
+
+def _nq(*args: str, name: str) -> list[str]:
+    return ["benchmarks/nfe_quality.py", *args, "--name", name]
+
+
+_DIGITS_EDM = "outputs/bench/digits_edm"
+TABLES = [
+    Table("closed_form", [["benchmarks/closed_form.py"]],
+          [["benchmarks/closed_form.py", "--quick", "--name", "closed_form"]], 25),
+    Table("fkc_anneal", [["benchmarks/fkc_anneal.py"]], [["benchmarks/fkc_anneal.py", "--quick"]],
+          15),
+    Table("hot_loop_cpu", [["benchmarks/hot_loop.py", "--device", "cpu", "--reps", "9"]],
+          [["benchmarks/hot_loop.py", "--device", "cpu", "--quick", "--name", "hot_loop_cpu"]],
+          10),
+    Table("nfe_quality_vp", [_nq("--sde", "vp", name="nfe_quality_vp")],
+          [_nq("--sde", "vp", "--quick", name="nfe_quality_vp")], 40),
+    Table("nfe_quality_ve", [_nq("--sde", "ve", name="nfe_quality_ve")],
+          [_nq("--sde", "ve", "--quick", name="nfe_quality_ve")], 40),
+    Table("nfe_quality_vp_ggf",
+          [_nq("--sde", "vp", "--seeds", "3", "--methods", "em,ggf,ggf_bridge",
+               name="nfe_quality_vp_ggf")],
+          [_nq("--sde", "vp", "--quick", "--methods", "em,ggf,ggf_bridge",
+               name="nfe_quality_vp_ggf")], 45),
+    Table("nfe_quality_vp_ggf_d256",
+          [_nq("--sde", "vp", "--dims", "256", "--n", "1000", "--methods", "em,ggf,ggf_bridge",
+               name="nfe_quality_vp_ggf_d256")],
+          [_nq("--sde", "vp", "--quick", "--dims", "256", "--n", "200", "--methods",
+               "em,ggf", name="nfe_quality_vp_ggf_d256")], 30),
+    Table("nfe_quality_vp_teleport",
+          [_nq("--sde", "vp", "--dims", "64", "--n", "4000", "--max-nfe", "200", "--methods",
+               "em,em+tp,heun_edm,heun_edm+tp,dpm_solver,dpm_solver+tp",
+               name="nfe_quality_vp_teleport")],
+          [_nq("--sde", "vp", "--quick", "--dims", "64", "--n", "500", "--methods",
+               "em,em+tp,dpm_solver,dpm_solver+tp", name="nfe_quality_vp_teleport")], 20),
+    Table("learned_nfe_digits", [["benchmarks/learned_nfe.py", "--experiment", "digits"]],
+          [["benchmarks/learned_nfe.py", "--experiment", "digits", "--quick", "--n", "200",
+            "--seeds", "1"]], 60, "trains experiment=digits once (outputs/bench/digits)"),
+    Table("reflected_digits", [["benchmarks/reflected_digits.py"]],
+          [["benchmarks/reflected_digits.py", "--quick", "--n", "200", "--seeds", "1"]], 60,
+          "trains two digits models"),
+    Table("sampler_frontier", [["benchmarks/sampler_frontier.py", "--seeds", "3"]],
+          [["benchmarks/sampler_frontier.py", "--quick", "--targets", "gauss16", "--sdes", "vp",
+            "--seeds", "1", "--name", "sampler_frontier"]], 240,
+          "4 targets x VP/VE/EDM against k-diffusion and diffusers"),
+    Table("fd_nfe_digits_edm",
+          [["scripts/train.py", "experiment=digits_edm", f"hydra.run.dir={_DIGITS_EDM}",
+            "trainer.resume=true"],
+           ["scripts/benchmark.py", "suite=fd_nfe", f"ckpt={_DIGITS_EDM}"]],
+          [["scripts/train.py", "experiment=digits_edm", f"hydra.run.dir={_DIGITS_EDM}_quick",
+            "trainer.resume=true", "trainer.steps=30", "eval.n_samples=50", "eval.plot=false",
+            "trainer.progress=false"],
+           ["scripts/benchmark.py", "suite=fd_nfe", f"ckpt={_DIGITS_EDM}_quick", "quick=true",
+            "n=100", "seeds=1", "name=fd_nfe_digits_edm"]], 45,
+          "12 min of training, then every sampler's FD vs NFE"),
+    Table("sudoku", [["scripts/benchmark.py", "suite=sudoku", "budget_min=30"]],
+          [["scripts/benchmark.py", "suite=sudoku", "quick=true", "name=sudoku"]], 60,
+          "30 min of training (resumable), then solved fraction vs clues and steps"),
+]
+
+
+def _select(only: list[str] | str | None) -> list[Table]:
+    if only is None:
+        return TABLES
+    names = [only] if isinstance(only, str) else list(only)
+    known = {t.name for t in TABLES}
+    if unknown := sorted(set(names) - known):
+        raise ValueError(f"only: unknown tables {unknown}; valid: {sorted(known)}")
+    return [t for t in TABLES if t.name in names]
+
+
+def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str | None = None,
+        dry_run: bool = False, keep_going: bool = True) -> dict:
+    """Run the commands of every (or `only` the named) table; writes regenerate.{json,md}."""
+    tables = _select(only)
+    out = Path(out_dir) if out_dir else (QUICK_DIR if quick else COMMITTED)
+    if quick and out.resolve() == COMMITTED.resolve():
+        raise ValueError("quick runs never write the committed tables: pick another out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SCOREKIT_RESULTS_DIR": str(out.resolve()), "PYTHONPATH": str(ROOT)}
+    rows, total, stop = [], 0.0, False
+    for i, table in enumerate(tables):
+        if stop:
+            break
+        for cmd in (table.quick if quick else table.full):
+            shown = " ".join([PY, *cmd])
+            print(f"[{i + 1}/{len(tables)}] {table.name}: {shown}", flush=True)
+            if dry_run:
+                rows.append({"table": table.name, "command": shown, "status": "dry run"})
+                continue
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, check=False)
+            wall = time.perf_counter() - start
+            total += wall
+            status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            rows.append({"table": table.name, "command": shown, "status": status,
+                         "wall_min": wall / 60, "est_min": table.est_min})
+            if proc.returncode != 0:  # the table's later commands need this one
+                print(f"{table.name}: {shown} {status}", file=sys.stderr, flush=True)
+                stop = not keep_going
+                break
+    payload = {"quick": quick, "tables": [t.name for t in tables], "rows": rows,
+               "total_wall_min": total / 60, "est_total_min": sum(t.est_min for t in tables),
+               "env": environment()}
+    md = (f"# Regeneration of the result tables{' (quick)' if quick else ''}\n\n"
+          f"env: {payload['env']}\n\nTotal wall time {total / 60:.1f} min (full-run estimate "
+          f"{payload['est_total_min']:.0f} min on a 2-core CPU).\n\n"
+          + markdown_table(rows, ["table", "command", "status", "wall_min", "est_min"]) + "\n")
+    name = "regenerate_quick" if quick else "regenerate"
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (out / f"{name}.md").write_text(md)
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} command(s) failed: "
+                           + "; ".join(f"{r['table']}: {r['command']}" for r in failed))
+    return payload

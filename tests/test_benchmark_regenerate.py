@@ -1,0 +1,61 @@
+"""`scripts/benchmark.py suite=all`: one command per committed table, provenance on each."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _report, regenerate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_committed_table_has_a_command():
+    committed = {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")
+                 if not p.name.endswith(".partial.json") and not p.stem.startswith("regenerate")}
+    assert committed == {t.name for t in regenerate.TABLES}
+    for t in regenerate.TABLES:
+        assert t.full and len(t.quick) == len(t.full) and t.est_min > 0
+        for cmd in t.full + t.quick:
+            assert (ROOT / cmd[0]).is_file(), cmd
+
+
+def test_dry_run_lists_commands_and_quick_never_targets_committed_tables(tmp_path):
+    out = regenerate.run(quick=True, dry_run=True, out_dir=str(tmp_path))
+    assert [r["table"] for r in out["rows"]][:1] == [regenerate.TABLES[0].name]
+    assert len(out["rows"]) == sum(len(t.quick) for t in regenerate.TABLES)
+    assert (tmp_path / "regenerate_quick.md").is_file()
+    with pytest.raises(ValueError, match="never write the committed tables"):
+        regenerate.run(quick=True, dry_run=True, out_dir=str(ROOT / "benchmarks" / "results"))
+    with pytest.raises(ValueError, match="unknown tables"):
+        regenerate.run(quick=True, dry_run=True, only=["nope"], out_dir=str(tmp_path))
+
+
+def test_environment_records_diff_hash_when_dirty(monkeypatch):
+    answers = {("rev-parse", "--short", "HEAD"): "abc1234",
+               ("status", "--porcelain", "--untracked-files=no"): " M x.py",
+               ("diff", "HEAD"): "diff --git a/x.py b/x.py\n+1\n"}
+    monkeypatch.setattr(_report, "_git", lambda *a: answers[a])
+    env = _report.environment()
+    import hashlib
+
+    assert env["commit"] == "abc1234" and env["dirty"] is True
+    assert env["diff_sha256"] == hashlib.sha256(answers[("diff", "HEAD")].encode()).hexdigest()
+    assert env["command"].startswith("python ") and "torch" in env and "versions" in env
+    answers[("status", "--porcelain", "--untracked-files=no")] = ""
+    assert "diff_sha256" not in _report.environment()
+
+
+def test_quick_table_goes_to_the_quick_folder(tmp_path):
+    """One real table through the suite: its results land in out_dir with provenance."""
+    proc = subprocess.run([sys.executable, "scripts/benchmark.py", "suite=all", "quick=true",
+                           "only=[fkc_anneal]", f"out_dir={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads((tmp_path / "fkc_anneal_quick.json").read_text())
+    assert payload["env"]["command"] == "python benchmarks/fkc_anneal.py --quick"
+    assert (tmp_path / "fkc_anneal_quick.png").is_file()
+    summary = json.loads((tmp_path / "regenerate_quick.json").read_text())
+    assert [r["status"] for r in summary["rows"]] == ["ok"]
