@@ -136,9 +136,10 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
     n_shards = -(-n // batch_size)
     res = StreamResult(out, n, n_shards)
     start_time = time.perf_counter()
-    bar = tqdm(total=n_shards, desc="shards", unit="shard",
-               disable=not (progress and ranks.is_main))
-    bar.update(sum(shard_path(out, k).is_file() for k in range(n_shards)))
+    on_disk = lambda: sum(shard_path(out, k).is_file() for k in range(n_shards))  # noqa: E731
+    show = progress and ranks.is_main
+    bar = tqdm(total=n_shards, initial=on_disk() if show else 0, desc="shards", unit="shard",
+               disable=not show)
     try:
         for k in ranks.mine(n_shards):
             start = k * batch_size
@@ -159,8 +160,8 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
                                    f"{type(err).__name__}: {err}") from err
             res.written.append(k)
             del r
-            if not bar.disable:
-                bar.n = sum(shard_path(out, j).is_file() for j in range(n_shards))
+            if show:  # every rank's shards: those on disk
+                bar.n = on_disk()
                 bar.refresh()
     except Exception as err:
         error = err

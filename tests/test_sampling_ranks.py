@@ -209,3 +209,15 @@ def test_torchrun_sample_script_equals_one_process(mlp_run, tmp_path):
     two, one = samplers.load_samples(tmp_path / "two"), samplers.load_samples(tmp_path / "one")
     assert two.shape == (50, 2) and torch.equal(one, two)
     assert not (mlp_run / "samples").exists() or not any((mlp_run / "samples").iterdir())
+
+
+def test_progress_bar_counts_shards_on_disk(tmp_path, capsys):
+    score, sde = _score()
+    samplers.sample_to_disk(score, sde, tmp_path / "a", 20, SHAPE, batch_size=7, seed=0,
+                            method="em", steps=2)
+    (tmp_path / "a" / "shard-000001.safetensors").unlink()
+    capsys.readouterr()
+    samplers.sample_to_disk(score, sde, tmp_path / "a", 20, SHAPE, batch_size=7, seed=0,
+                            method="em", steps=2, progress=True)
+    err = capsys.readouterr().err
+    assert "shards" in err and "2/3" in err and "3/3" in err  # 2 found on disk, then 1 written
