@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # for quick runs, so they never overwrite the committed tables).
 COMMITTED = ROOT / "benchmarks" / "results"
 RESULTS = Path(os.environ.get("SCOREKIT_RESULTS_DIR") or COMMITTED)
+CODE_ONLY = ":(exclude)benchmarks/results"
 VERSIONED = ("numpy", "scipy", "diffusers", "torchdiffeq", "k-diffusion", "triton",
              "safetensors", "hydra-core")
 
@@ -54,17 +55,20 @@ def _command() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Device, versions, commit (with a dirty flag: uncommitted changes to tracked files, and
-    then the sha256 of `git diff HEAD`) and the exact command, recorded next to every number."""
+    """Device, versions, commit (with a dirty flag: uncommitted changes to tracked files outside
+    benchmarks/results/, and then the sha256 of their `git diff HEAD`) and the exact command,
+    recorded next to every number."""
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
     commit = _git("rev-parse", "--short", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # Code and configs only: result tables written by an earlier benchmark of the same
+    # `suite=all` run do not make the next one dirty.
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", CODE_ONLY))
     env = {"device": dev or platform.machine(), "torch": torch.__version__,
            "python": platform.python_version(), "commit": commit or "unknown",
            "dirty": dirty, "command": _command(), "threads": torch.get_num_threads(),
            "cpu_count": os.cpu_count(), "versions": _versions()}
     if dirty:
-        diff = _git("diff", "HEAD")
+        diff = _git("diff", "HEAD", "--", ".", CODE_ONLY)
         env["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
     return env
 

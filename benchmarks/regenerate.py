@@ -11,8 +11,9 @@ output folder: `benchmarks/results/` for the full run (the committed tables), an
 runs `outputs/benchmarks_quick/` (never the committed tables). Every results JSON records its
 commit, dirty flag (and the hash of the diff when dirty), exact command, package versions and
 device (`benchmarks._report.environment`). `regenerate.{json,md}` in the output folder lists
-each table's commands, outcome and wall time; `est_min` is the full run's wall time measured
-on a 2-core CPU (the sum is the time to budget for `suite=all`).
+each table's commands, outcome and wall time (a call with `only=` keeps the other tables' rows
+from earlier calls); `est_min` is the full run's wall time on a 2-core CPU (the sum is the
+time to budget for `suite=all`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ TABLES = [
            ["scripts/benchmark.py", "suite=fd_nfe", f"ckpt={_DIGITS_EDM}_quick", "quick=true",
             "n=100", "seeds=1", "name=fd_nfe_digits_edm"]], 45,
           "12 min of training, then every sampler's FD vs NFE"),
+    Table("mutation", [["tests/mutation"]],
+          [["tests/mutation", "--only", "nfe_counter_bypassed,seed_streams_shared_counter"]], 12,
+          "40 deliberate bugs, each against the tests that own the code"),
     Table("sudoku", [["scripts/benchmark.py", "suite=sudoku", "budget_min=30"]],
           [["scripts/benchmark.py", "suite=sudoku", "quick=true", "name=sudoku"]], 60,
           "30 min of training (resumable), then solved fraction vs clues and steps"),
@@ -144,6 +148,11 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
                 print(f"{table.name}: {shown} {status}", file=sys.stderr, flush=True)
                 stop = not keep_going
                 break
+    name = "regenerate_quick" if quick else "regenerate"
+    done = {t.name for t in tables}
+    if not dry_run and (out / f"{name}.json").is_file():  # an earlier call's other tables
+        earlier = json.loads((out / f"{name}.json").read_text())
+        rows = [r for r in earlier.get("rows", []) if r["table"] not in done] + rows
     payload = {"quick": quick, "tables": [t.name for t in tables], "rows": rows,
                "total_wall_min": total / 60, "est_total_min": sum(t.est_min for t in tables),
                "env": environment()}
@@ -151,7 +160,6 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
           f"env: {payload['env']}\n\nTotal wall time {total / 60:.1f} min (full-run estimate "
           f"{payload['est_total_min']:.0f} min on a 2-core CPU).\n\n"
           + markdown_table(rows, ["table", "command", "status", "wall_min", "est_min"]) + "\n")
-    name = "regenerate_quick" if quick else "regenerate"
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{name}.md").write_text(md)
     failed = [r for r in rows if r["status"].startswith("failed")]

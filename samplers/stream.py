@@ -156,8 +156,8 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
                         {"shard": k, "start": start, "rows": rows, "seed": seed + start,
                          "nfe": r.nfe})
             except Exception as err:  # named, then reported to every rank by `agree`
-                raise RuntimeError(f"shard {k} (rows {start}..{start + rows - 1}): "
-                                   f"{type(err).__name__}: {err}") from err
+                raise _with_shard(err, f"shard {k} (rows {start}..{start + rows - 1})") \
+                    from err
             res.written.append(k)
             del r
             if show:  # every rank's shards: those on disk
@@ -170,13 +170,25 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
     if ranks.is_main:
         missing = [k for k in range(n_shards) if not shard_path(out, k).is_file()]
         if missing:
-            raise RuntimeError(f"{out}: shards {missing[:8]} missing after every rank finished")
-        manifest = json.loads((out / MANIFEST).read_text())
-        io.write_text_atomic(out / MANIFEST, json.dumps({**manifest, "complete": True},
-                                                        indent=2))
-    ranks.barrier()  # the manifest is complete before any rank returns
+            error = RuntimeError(f"shards {missing[:8]} missing after every rank finished")
+        else:
+            manifest = json.loads((out / MANIFEST).read_text())
+            io.write_text_atomic(out / MANIFEST, json.dumps({**manifest, "complete": True},
+                                                            indent=2))
+    ranks.agree(error, f"sample_to_disk into {out}")  # the manifest is final before returning
     res.wall_time = time.perf_counter() - start_time
     return res
+
+
+def _with_shard(err: Exception, where: str) -> Exception:
+    """`err` with `where` in front of its message, of the same type when that type takes a
+    message (so callers' `except ValueError` still applies), else a RuntimeError."""
+    try:
+        named = type(err)(f"{where}: {err}")
+    except Exception:  # noqa: BLE001 - a constructor that needs other arguments
+        return RuntimeError(f"{where}: {type(err).__name__}: {err}")
+    return named if str(named) == f"{where}: {err}" else \
+        RuntimeError(f"{where}: {type(err).__name__}: {err}")
 
 
 def load_samples(out_dir: str | Path) -> Tensor:

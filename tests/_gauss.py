@@ -1,7 +1,11 @@
-"""Exact laws for tests with Gaussian data: affine samplers map Gaussians to Gaussians."""
+"""Exact laws for tests with Gaussian data: affine samplers map Gaussians to Gaussians.
+
+Marginals come from `_ref` (the processes' formulas written in the tests), the data's mean and
+covariance from the GaussianScore's own parameters, so no law depends on the code under test."""
 
 from __future__ import annotations
 
+import _ref
 import torch
 from torch import Tensor
 
@@ -10,9 +14,10 @@ from scorekit.sde import SDE
 
 
 def marginal_moments(gs: GaussianScore, t: float) -> tuple[Tensor, Tensor]:
-    """Mean and covariance of p_t (float64)."""
-    _, means, covs = gs.marginal_params(t)
-    return means[0], covs[0]
+    """Mean alpha m and covariance alpha^2 C + sigma^2 I of p_t (float64)."""
+    alpha, sigma = (float(v) for v in _ref.alpha_sigma(gs.sde, t))
+    eye = torch.eye(gs.dim, dtype=torch.float64)
+    return alpha * gs.mean.double(), alpha**2 * gs.cov.double() + sigma**2 * eye
 
 
 def chain_law(gs: GaussianScore, sde: SDE, grid: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
@@ -24,7 +29,7 @@ def chain_law(gs: GaussianScore, sde: SDE, grid: Tensor, coef: Tensor) -> tuple[
     d = gs.dim
     eye = torch.eye(d, dtype=torch.float64)
     m = torch.zeros(d, dtype=torch.float64)
-    c = sde.prior_std**2 * eye
+    c = _ref.prior_std(sde) ** 2 * eye
     for i in range(len(grid) - 1):
         mt, ct = marginal_moments(gs, float(grid[i]))
         cinv = torch.linalg.inv(ct)
@@ -39,7 +44,7 @@ def tweedie_affine(gs: GaussianScore, sde: SDE, t: float) -> tuple[Tensor, Tenso
     """(A, b) with Tweedie(x) = A x + b for the exact Gaussian score at time t."""
     mt, ct = marginal_moments(gs, t)
     tt = torch.tensor([t], dtype=torch.float64)
-    alpha, sigma = (float(v) for v in sde._marginal(tt))
+    alpha, sigma = (float(v) for v in _ref.alpha_sigma(sde, tt))
     cinv = torch.linalg.inv(ct)
     eye = torch.eye(gs.dim, dtype=torch.float64)
     return (eye - sigma**2 * cinv) / alpha, sigma**2 * cinv @ mt / alpha
@@ -73,7 +78,7 @@ def pf_ode_map(gs: GaussianScore, sde: SDE, x: Tensor, t_from: float, t_to: floa
     in the eigenbasis of Sigma each coordinate (x - m_t) / sqrt(c_k(t)) is constant."""
     lam, u = torch.linalg.eigh(gs.cov)
     ts = torch.tensor([t_from, t_to], dtype=torch.float64)
-    alpha, sigma = sde._marginal(ts)
+    alpha, sigma = _ref.alpha_sigma(sde, ts)
     c = alpha[:, None] ** 2 * lam + sigma[:, None] ** 2
     y = (x.double() - alpha[0] * gs.mean) @ u
     return alpha[1] * gs.mean + (y * (c[1] / c[0]).sqrt()) @ u.T
@@ -84,7 +89,8 @@ def pf_ode_to_level(gs: GaussianScore, sde: SDE, x: Tensor, t_from: float, level
     """Closed-form PF-ODE image of x at time t_from at noise level s = sigma/alpha = `level`, in
     the rescaled coordinates x / alpha (level 0 gives the ODE's end point in data space)."""
     lam, u = torch.linalg.eigh(gs.cov)
-    alpha, sigma = (float(v) for v in sde._marginal(torch.tensor([t_from], dtype=torch.float64)))
+    alpha, sigma = (float(v) for v in _ref.alpha_sigma(sde, torch.tensor([t_from],
+                                                                          dtype=torch.float64)))
     s0 = sigma / alpha
     y = (x.double() / alpha - gs.mean) @ u
     return gs.mean + (y * ((lam + level**2) / (lam + s0**2)).sqrt()) @ u.T

@@ -19,7 +19,7 @@ def test_every_committed_table_has_a_command():
     for t in regenerate.TABLES:
         assert t.full and len(t.quick) == len(t.full) and t.est_min > 0
         for cmd in t.full + t.quick:
-            assert (ROOT / cmd[0]).is_file(), cmd
+            assert (ROOT / cmd[0]).exists(), cmd  # a script, or a folder with __main__
 
 
 def test_dry_run_lists_commands_and_quick_never_targets_committed_tables(tmp_path):
@@ -34,17 +34,19 @@ def test_dry_run_lists_commands_and_quick_never_targets_committed_tables(tmp_pat
 
 
 def test_environment_records_diff_hash_when_dirty(monkeypatch):
+    code = ("--", ".", _report.CODE_ONLY)  # result tables never count as a change
     answers = {("rev-parse", "--short", "HEAD"): "abc1234",
-               ("status", "--porcelain", "--untracked-files=no"): " M x.py",
-               ("diff", "HEAD"): "diff --git a/x.py b/x.py\n+1\n"}
+               ("status", "--porcelain", "--untracked-files=no", *code): " M x.py",
+               ("diff", "HEAD", *code): "diff --git a/x.py b/x.py\n+1\n"}
     monkeypatch.setattr(_report, "_git", lambda *a: answers[a])
     env = _report.environment()
     import hashlib
 
     assert env["commit"] == "abc1234" and env["dirty"] is True
-    assert env["diff_sha256"] == hashlib.sha256(answers[("diff", "HEAD")].encode()).hexdigest()
+    assert env["diff_sha256"] == \
+        hashlib.sha256(answers[("diff", "HEAD", *code)].encode()).hexdigest()
     assert env["command"].startswith("python ") and "torch" in env and "versions" in env
-    answers[("status", "--porcelain", "--untracked-files=no")] = ""
+    answers[("status", "--porcelain", "--untracked-files=no", *code)] = ""
     assert "diff_sha256" not in _report.environment()
 
 

@@ -8,14 +8,13 @@ map for ode=True; p_eps of Gaussian data and mode masses of a 2-D mixture for th
 import pytest
 import torch
 from _gauss import assert_gaussian_law, chain_law, marginal_moments, pf_ode_map, random_spd
+from _ref import em_rows, uniform_grid
 
 import samplers
 from samplers.brownian import BrownianStack
 from samplers.ggf import attempt, next_step
-from samplers.grids import time_grid
-from samplers.steps import em_coefficients
 from scorekit.data.synthetic import gmm_params
-from scorekit.processes import Process, per_sample
+from scorekit.processes import per_sample
 from scorekit.scores import GaussianScore, GMMScore
 from scorekit.sde import VESDE, VPSDE
 
@@ -180,8 +179,8 @@ def test_gauss_highd_nfe_and_covariance():
     m, c = marginal_moments(gs, sde.eps)
     rel = lambda x: float(torch.linalg.matrix_norm(torch.cov(x.double().T) - c)  # noqa: E731
                           / torch.linalg.matrix_norm(c))
-    grid = time_grid(sde, 1000)
-    _, c_em = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))
+    grid = uniform_grid(sde, 1000)  # the EM-1000 chain from the reference formulas
+    _, c_em = chain_law(gs, sde, grid, em_rows(sde, grid))
     em_bias = float(torch.linalg.matrix_norm(c_em - c) / torch.linalg.matrix_norm(c))
     floor = rel(gs.sample_marginal(n, sde.eps, generator=torch.Generator().manual_seed(9)))
     assert rel(res.x) <= em_bias + floor + 0.02, (rel(res.x), em_bias, floor)

@@ -2,6 +2,7 @@
 
 import math
 
+import _ref
 import pytest
 import torch
 from _gauss import (
@@ -15,7 +16,7 @@ from _gauss import (
 )
 
 import samplers
-from samplers.diffusers_adapter import _alpha_bar_table, make_scheduler
+from samplers.diffusers_adapter import make_scheduler
 from scorekit.scores import GaussianScore
 from scorekit.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 
@@ -104,12 +105,15 @@ def test_heun_is_second_order(sde):
 
 
 def test_diffusers_alphas_cumprod_match_process():
+    """The scheduler's alphas_cumprod are alpha_bar(t_n) = exp(-int beta) on the adapter's table,
+    a geometric grid of noise levels from sigma(eps)/alpha(eps) to sigma(T)/alpha(T) (written
+    here from the VP formulas); diffusers stores float32, so 1e-5 relative is its rounding."""
     sde = VPSDE()
     sched = make_scheduler("dpm_solver_diffusers", sde)
-    t, abar = _alpha_bar_table(sde, 1000)
-    alpha, _ = sde._marginal(t)
-    assert torch.allclose(abar, alpha**2, rtol=1e-12)
-    # diffusers stores float32: 1e-6 relative is its rounding, not a schedule mismatch
+    ends = (_ref.alpha_sigma(sde, sde.eps), _ref.alpha_sigma(sde, sde.T))
+    lo, hi = (float(s / a) for a, s in ends)
+    level = torch.logspace(math.log10(lo), math.log10(hi), 1000, dtype=torch.float64)
+    abar = 1 / (1 + level**2)
     assert ((sched.alphas_cumprod.double() - abar) / abar).abs().max() < 1e-5
 
 
@@ -151,16 +155,12 @@ def test_diffusers_few_steps_beat_em():
     """At 10 NFE DPM-Solver's output law is much closer to the data than EM's (both exact laws:
     DPM-Solver is affine in x_T; EM's chain law is propagated in closed form). Measured relative
     covariance errors: DPM-Solver 0.075, EM 0.209; the bound asks for at least a factor 2."""
-    from samplers.grids import time_grid
-    from samplers.steps import em_coefficients
-    from scorekit.processes import Process
-
     sde = VPSDE()
     gs = _gauss(sde)
     a, b = _affine_output("dpm_solver_diffusers", gs, sde, 10)
     cov_dpm = sde.prior_std**2 * a @ a.T
-    grid = time_grid(sde, 9)  # 9 EM steps + Tweedie = 10 NFE
-    m, c = chain_law(gs, sde, grid, em_coefficients(Process(sde), grid))
+    grid = _ref.uniform_grid(sde, 9)  # 9 EM steps + Tweedie = 10 NFE
+    m, c = chain_law(gs, sde, grid, _ref.em_rows(sde, grid))
     ta, tb = tweedie_affine(gs, sde, sde.eps)
     cov_em = ta @ c @ ta.T
     rel = lambda c: (torch.linalg.matrix_norm(c - gs.cov) / torch.linalg.matrix_norm(gs.cov)).item()  # noqa: E731

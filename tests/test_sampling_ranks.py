@@ -221,3 +221,11 @@ def test_progress_bar_counts_shards_on_disk(tmp_path, capsys):
                             method="em", steps=2, progress=True)
     err = capsys.readouterr().err
     assert "shards" in err and "2/3" in err and "3/3" in err  # 2 found on disk, then 1 written
+
+
+def test_one_process_error_keeps_its_type_and_names_the_shard(tmp_path):
+    score, sde = _score()
+    with pytest.raises(ValueError, match=r"shard 1 \(rows 7\.\.13\): the score failed"):
+        samplers.sample_to_disk(_Faulty(score, "raise", 4), sde, tmp_path, 20, SHAPE,
+                                batch_size=7, seed=0, method="em", steps=2)
+    assert [p.name for p in sorted(tmp_path.glob("shard-*"))] == ["shard-000000.safetensors"]
