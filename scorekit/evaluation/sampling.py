@@ -45,6 +45,21 @@ class SamplingMixin:
                                        device=self.device, dtype=self.dtype, progress=progress,
                                        **options)
 
+    def check_sampler(self) -> None:
+        """Dry-run the sampler section on 2 samples (teleport off: its fit needs a trained
+        model) with the untrained EMA model, so an unknown method, option, grid or value fails
+        before training, as a ConfigError naming the section."""
+        section = OmegaConf.to_container(self.cfg.sampler)
+        for key in ("teleport", "teleport_rank", "teleport_thresh"):
+            section.pop(key, None)
+        if section.get("t_start") in ("auto", None):
+            section.pop("t_start", None)
+        try:
+            self.sample(2, section, use_ema=True, seed=0)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"sampler section {section} fails before training: {err}") from None
+        self._sampler_checked = True
+
     def optimize_grid(self, nfe: int, sampler: DictConfig | dict | None = None,
                       use_ema: bool = True, n: int = 512, max_evals: int = 400,
                       path: str | Path | None = None, progress: bool = True) -> dict:

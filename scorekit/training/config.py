@@ -8,14 +8,17 @@ keys are checked against its signature when it is built. `sampler`, `trainer`, `
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scorekit import rng
 from scorekit._validate import ConfigError, split_named
 
-__all__ = ["ConfigError", "split_named", "validate", "TrainerConfig", "EvalConfig", "LoggerConfig"]
+__all__ = ["ConfigError", "split_named", "validate", "compose", "TrainerConfig", "EvalConfig",
+           "LoggerConfig"]
 
 
 @dataclass
@@ -97,7 +100,10 @@ def validate(cfg: Any) -> DictConfig:
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None) or "?"
             raise ConfigError(f"invalid value for '{section}.{key}': {err.msg}") from err
-    out.seed = int(cfg.get("seed", 0))
+    try:  # an int >= 0: not a float that rounds, a bool or a string
+        out.seed = rng.check_seed(cfg.get("seed", 0))
+    except ValueError as err:
+        raise ConfigError(f"invalid value for 'seed': {err}") from None
     out.device = str(cfg.get("device", "cpu"))
     out.dtype = str(cfg.get("dtype", "float32"))
     out.name = str(cfg.get("name", "default"))
@@ -143,3 +149,32 @@ def _check_values(cfg: DictConfig) -> None:
              t.precision, f"fp32 with dtype={cfg.dtype} (bf16 / fp16 need dtype=float32)")
     _require(cfg.device == "cpu" or cfg.device == "auto" or cfg.device.startswith("cuda"),
              "device", cfg.device, "'cpu', 'auto' or 'cuda[:i]'")
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), experiment: str | None = None,
+            config_dir: str | Path | None = None) -> DictConfig:
+    """The validated training config that `python scripts/train.py <overrides>` builds, for
+    Python: `compose(["trainer.steps=500", "sampler=heun"], experiment="digits")`. Hydra's own
+    section (run dir, logging) is dropped; `config_dir` defaults to the repository's configs/."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    overrides = list(overrides) + ([f"experiment={experiment}"] if experiment else [])
+    folder = Path(config_dir) if config_dir is not None else CONFIGS
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"no config.yaml under {folder}; pass config_dir=")
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: compose beside it
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(folder.resolve()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(f"config overrides {overrides}: {err}") from None
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("hydra", None)
+    return validate(cfg)

@@ -117,6 +117,15 @@ class SudokuTrainer(Trainer, data="sudoku"):
         return best, {"nfe": nfe * candidates, "wall_time": wall, "candidates": candidates,
                       "candidate_solved": float(solved.double().mean())}
 
+    def check_sampler(self) -> None:
+        """Dry-run the sampler section on one held-out puzzle before training."""
+        try:
+            self.solve(self.puzzles(40, n=1))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"sampler section {OmegaConf.to_container(self.cfg.sampler)} "
+                              f"fails before training: {err}") from None
+        self._sampler_checked = True
+
     def puzzles(self, n_clues: int, n: int | None = None, seed: int = 0) -> torch.Tensor:
         """Held-out puzzles with `n_clues` givens made from the test grids: (n, 9, 9)."""
         grids = self.data.test[:n] if n is not None else self.data.test

@@ -45,7 +45,7 @@ from scorekit.training.checkpoint import (
     module_tensors,
     optimizer_state,
 )
-from scorekit.training.config import ConfigError, split_named, validate
+from scorekit.training.config import ConfigError, compose, split_named, validate
 from scorekit.training.loggers import WandbLogger
 from scorekit.training.signals import SignalFlag, StopRequested
 from scorekit.training.step import StepMixin
@@ -154,6 +154,7 @@ class Trainer(StepMixin, SamplingMixin):
         self._losses: list[torch.Tensor] = []  # losses since the last log (checkpointed too)
         self.train_time = 0.0
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
+        self._sampler_checked = False  # the sampler section's dry run, once before training
         self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
         if not self.closed_form:
             self._init_step()
@@ -326,6 +327,8 @@ class Trainer(StepMixin, SamplingMixin):
         if max_time_s is not None and self.train_time >= max_time_s:
             return  # the time budget is spent (e.g. a finished budgeted run being re-evaluated)
         end = t.steps if until is None else min(until, t.steps)
+        if self.step < end and not self._sampler_checked:
+            self.check_sampler()  # a bad sampler option fails now, not after training
         self.model.train()
         bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.dist.is_main),
                    desc="train", dynamic_ncols=True)
@@ -379,6 +382,16 @@ class Trainer(StepMixin, SamplingMixin):
         finally:
             logger.finish()
         return metrics
+
+    @classmethod
+    def from_overrides(cls, overrides: list[str] | tuple[str, ...] = (),
+                       run_dir: str | Path | None = None, experiment: str | None = None
+                       ) -> Trainer:
+        """The trainer `python scripts/train.py <overrides>` builds (`scorekit.config.compose`),
+        e.g. `Trainer.from_overrides(["trainer.steps=500"], "outputs/mine", "digits")`."""
+        cfg = compose(overrides, experiment)
+        klass = trainer_class(cfg) if cls is Trainer else cls
+        return klass(cfg, run_dir=run_dir)
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, checkpoint: str | Path | None = None,
