@@ -147,6 +147,22 @@ class CountingScore:
             self._counts.index_add_(0, rows, torch.ones_like(rows, dtype=torch.int64))
         self.calls += 1
         s = self.score(x, t)
+        if self.calls == 1:
+            check_score_output(s, x)
         if self.guard is not None:
             self.guard(s, t, self.calls)
         return s
+
+
+def check_score_output(s: object, x: Tensor) -> None:
+    """The first evaluation's output must be a tensor shaped and typed like x: a (B, 1), (1, D)
+    or (D,) output would broadcast silently and a float64 one would promote the samples."""
+    if not isinstance(s, Tensor):
+        raise TypeError(f"the score returned {type(s).__name__}, expected a tensor shaped like "
+                        f"x {tuple(x.shape)}")
+    if s.shape != x.shape:
+        raise ValueError(f"the score returned shape {tuple(s.shape)} for x of shape "
+                         f"{tuple(x.shape)}; it must return one score per element of x")
+    if s.dtype != x.dtype:
+        raise ValueError(f"the score returned {s.dtype} for x in {x.dtype}; return the input's "
+                         "dtype (cast inside the score if it computes in another)")

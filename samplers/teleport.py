@@ -78,6 +78,11 @@ class GaussianTeleport(LowRankGaussian):
                              f"{tuple(data.shape) if isinstance(data, Tensor) else type(data)}")
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        bad = sum(int((~torch.isfinite(xb)).any(dim=tuple(range(1, xb.dim()))).sum())
+                  for xb in data.split(chunk))
+        if bad:  # checked before any cache is read or written
+            raise ValueError(f"data has {bad} of {data.shape[0]} rows with NaN/inf; the "
+                             f"Gaussian fit needs finite data")
         n, shape = data.shape[0], tuple(data.shape[1:])
         d = int(torch.tensor(shape).prod())
         rank = cls._check_rank(rank, d)

@@ -144,3 +144,19 @@ def test_deterministic_with_generator():
     b = samplers.sample(_score(sde), sde, (8, 3), steps=5,
                         generator=torch.Generator().manual_seed(3)).x
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["em", "heun", "dpm_solver", "ggf", "ode"])
+@pytest.mark.parametrize("bad,err,match", [
+    (lambda x, t: x[:, :1], ValueError, r"shape \(4, 1\) for x of shape \(4, 3\)"),
+    (lambda x, t: x[:1], ValueError, r"shape \(1, 3\) for x of shape \(4, 3\)"),
+    (lambda x, t: x[0], ValueError, r"shape \(3,\) for x of shape \(4, 3\)"),
+    (lambda x, t: x.double(), ValueError, "torch.float64 for x in torch.float32"),
+    (lambda x, t: None, TypeError, "returned NoneType"),
+], ids=["B1", "1D", "D", "float64", "none"])
+def test_score_output_checked_on_the_first_call(method, bad, err, match):
+    """A wrong-shaped score output would broadcast silently, a float64 one would promote the
+    samples: every method stops at the first call, naming what it got and what it needed."""
+    with pytest.raises(err, match=match):
+        samplers.sample(bad, VPSDE(), (4, 3), method=method, steps=4 if method != "ggf"
+                        and method != "ode" else None)

@@ -337,3 +337,12 @@ def test_teleport_gmm_fewer_nfe():
     gap_a, gap_b = float(a.mean()) - h, float(b.mean()) - h
     se = (a.var() / len(a) + b.var() / len(b)).sqrt().item()
     assert abs(gap_b) + 4 * se < gap_a, (gap_a, gap_b, se)
+
+
+def test_fit_rejects_non_finite_data_before_caching(tmp_path):
+    data = torch.randn(50, 3, generator=_gen(0))
+    data[7, 1] = float("nan")
+    data[9, 0] = float("inf")
+    with pytest.raises(ValueError, match="2 of 50 rows with NaN/inf"):
+        samplers.GaussianTeleport.fit(data, VPSDE(), cache=tmp_path / "tp.safetensors")
+    assert not (tmp_path / "tp.safetensors").exists()
