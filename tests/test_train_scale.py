@@ -284,3 +284,19 @@ def test_global_batch_must_split_over_processes(tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.batch_size=64 must be divisible by the "
                                           r"number of processes x trainer.grad_accum = 4 x 32"):
         tr._init_step()
+
+
+def test_second_sigterm_exits_143_at_once():
+    """A second SIGTERM while the first is being honoured stops at once with 143 (the SIGTERM
+    convention), a second SIGINT with KeyboardInterrupt."""
+    from scorekit.training.signals import SignalFlag
+
+    with SignalFlag() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.signum == signal.SIGTERM
+        with pytest.raises(SystemExit) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.value.code == 143
+    with SignalFlag() as flag, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)

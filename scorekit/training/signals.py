@@ -9,6 +9,7 @@ raises `StopRequested`, which `scripts/train.py` turns into exit code 128 + sign
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -34,8 +35,9 @@ class StopRequested(Exception):
 
 class SignalFlag:
     """While active, SIGTERM / SIGINT set `signum` instead of ending the process; a second
-    one raises KeyboardInterrupt at once. The previous handlers come back on exit. Handlers
-    can only be installed from the main thread: elsewhere the flag stays 0."""
+    one stops at once (SIGINT: KeyboardInterrupt; SIGTERM: exit code 143). The previous
+    handlers come back on exit. Handlers can only be installed from the main thread:
+    elsewhere the flag stays 0."""
 
     def __init__(self) -> None:
         self.signum = 0
@@ -48,8 +50,12 @@ class SignalFlag:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum:
-            raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): "
-                                    f"stopped without a checkpoint")
+            message = (f"second signal ({signal.Signals(signum).name}): stopped without a "
+                       f"checkpoint")
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt(message)
+            print(message, file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)  # 143 for SIGTERM, as schedulers expect
         self.signum = signum
 
     def __exit__(self, *exc: object) -> None:
