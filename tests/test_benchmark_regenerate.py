@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_committed_table_has_a_command():
     committed = {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")
                  if not p.name.endswith(".partial.json") and not p.stem.startswith("regenerate")}
-    assert committed == {t.name for t in regenerate.TABLES}
+    assert committed <= {t.name for t in regenerate.TABLES}, committed - {
+        t.name for t in regenerate.TABLES}
     for t in regenerate.TABLES:
         assert t.full and len(t.quick) == len(t.full) and t.est_min > 0
         for cmd in t.full + t.quick:
