@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 __all__ = ["Ranks", "RankFailed", "dist_timeout"]
@@ -84,11 +83,3 @@ class Ranks:
             text = "; ".join(f"rank {r}: {m}" for r, m in failed)
             raise RankFailed(f"{what} failed on {len(failed)} of {self.world_size} ranks: "
                              f"{text}") from error
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum over ranks (a copy; `t` itself in one process)."""
-        if not self.enabled:
-            return t
-        t = t.detach().clone()
-        dist.all_reduce(t)
-        return t

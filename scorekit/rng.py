@@ -169,12 +169,6 @@ class SampleStreams:
         u = u.clamp_(max=1.0 - torch.finfo(dtype).eps / 2)
         return u.reshape(shape)
 
-    def split(self, rows: Tensor) -> SampleStreams:
-        """The streams of `rows` as their own object (counters copied)."""
-        out = SampleStreams(self.seeds[rows])
-        out.blocks = self.blocks[rows].clone()
-        return out
-
 
 def check_seed(seed: object, name: str = "seed") -> int:
     """`seed` as an int in [0, 2^63): a clear error for floats, bools, strings and negatives."""
@@ -189,26 +183,25 @@ def check_seed(seed: object, name: str = "seed") -> int:
     return seed
 
 
-def _shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
-    return (shape,) if isinstance(shape, int) else tuple(shape)
+def _draw(kind: str, shape: int | tuple[int, ...],
+          generator: torch.Generator | SampleStreams | None, dtype: torch.dtype,
+          device: torch.device | str | None) -> Tensor:
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if isinstance(generator, SampleStreams):
+        return getattr(generator, kind)(shape, dtype).to(device)
+    return getattr(torch, kind)(shape, generator=generator, dtype=dtype, device=device)
 
 
 def randn(shape: int | tuple[int, ...], generator: torch.Generator | SampleStreams | None,
           dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
     """Standard normals from either kind of generator (SampleStreams: one row per stream)."""
-    shape = _shape(shape)
-    if isinstance(generator, SampleStreams):
-        return generator.randn(tuple(shape), dtype).to(device)
-    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+    return _draw("randn", shape, generator, dtype, device)
 
 
 def rand(shape: int | tuple[int, ...], generator: torch.Generator | SampleStreams | None,
          dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
     """Uniforms on [0, 1) (torch.Generator) or (0, 1) (SampleStreams)."""
-    shape = _shape(shape)
-    if isinstance(generator, SampleStreams):
-        return generator.rand(tuple(shape), dtype).to(device)
-    return torch.rand(tuple(shape), generator=generator, dtype=dtype, device=device)
+    return _draw("rand", shape, generator, dtype, device)
 
 
 def population_generator(generator: torch.Generator | SampleStreams | None

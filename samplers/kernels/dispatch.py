@@ -132,10 +132,10 @@ class Steps:
         return torch.index_select(self.coef[:, col], 0, self.cursor[:1])
 
     def draw(self, x: Tensor) -> Tensor:
-        """PyTorch path: standard normal noise shaped like x from the solve's generator (per
-        sample for SampleStreams), into a buffer reused every step."""
+        """PyTorch path: standard normal noise shaped like x from the solve's generator (a
+        torch.Generator draws into a buffer reused every step; SampleStreams makes its own)."""
         if isinstance(self.generator, rng.SampleStreams):
-            return self.buffer("z", x).copy_(self.generator.randn(x.shape, x.dtype))
+            return self.generator.randn(x.shape, x.dtype).to(x.device)
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device,
                            out=self.buffer("z", x))
 

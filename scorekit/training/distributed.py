@@ -24,29 +24,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from scorekit.ranks import dist_timeout
+from scorekit.ranks import Ranks, dist_timeout
 from scorekit.training.config import ConfigError
 
 
 @dataclass(frozen=True)
-class Dist:
-    """This process's place in the job: rank, world size and local rank (one process: 0, 1, 0)."""
+class Dist(Ranks):
+    """This process's place in the job: `Ranks` (rank, world size, `enabled`, `is_main`,
+    `barrier`, ...) plus the local rank (one process: 0, 1, 0)."""
 
-    rank: int = 0
-    world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
 
     def mean(self, x: Tensor) -> Tensor:
         """Average of `x` over ranks (`x` itself in one process)."""
