@@ -35,7 +35,7 @@ NFE_GRID = [10, 20, 35, 50, 100, 200, 500, 1000]
 QUICK_NFE = [20, 100]
 QUICK_RTOLS = [0.1]
 # The exact-score benchmark's samplers ("+tp": started at t* by Gaussian teleportation).
-METHODS = {k: nq.METHODS[k] for k in ("em", "ggf", "ggf_bridge", "heun_edm", "dpm_solver",
+METHODS = {k: nq.METHODS[k] for k in ("em", "ggf", "ggf_fresh", "heun_edm", "dpm_solver",
                                       "em+tp", "heun_edm+tp", "dpm_solver+tp")}
 TP_THRESH = nq.TP_THRESH
 
@@ -112,7 +112,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-PAIRS = [("ggf", "em"), ("ggf_bridge", "em"), ("em+tp", "em"), ("heun_edm+tp", "heun_edm"),
+PAIRS = [("ggf", "em"), ("ggf_fresh", "em"), ("em+tp", "em"), ("heun_edm+tp", "heun_edm"),
          ("dpm_solver+tp", "dpm_solver")]
 
 
