@@ -20,8 +20,9 @@ benchmark resumes where it stopped. Under `torchrun --nproc_per_node=K scripts/b
 suite=fd_nfe ...` each rank samples a contiguous share of every setting's n samples (sample i
 from seed + i, so the set does not depend on K), the float64 feature statistics are merged over
 the ranks, and rank 0 alone writes the row cache, the tables and the plot.
-Writes results/<name>.{json,md,png} (name defaults
-to `fd_nfe_<run name>`); `wandb=offline|online` also logs the rows, the table and the plot.
+Writes <name>.{json,md,png} (name defaults to `fd_nfe_<run name>`) into the run's `fd_nfe/`
+folder, or into benchmarks/results/ only with `committed=true` (or SCOREKIT_RESULTS_DIR);
+`wandb=offline|online` also logs the rows, the table and the plot.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from benchmarks import _peers
 from benchmarks import learned_nfe as ln
 from benchmarks import nfe_quality as nq
 from benchmarks._peers import KD_SAMPLERS, SIGMAS
-from benchmarks._report import RESULTS, environment, markdown_table, write
+from benchmarks._report import COMMITTED, RESULTS, environment, markdown_table, write
 from scorekit.ranks import Ranks
 
 DEFAULT_METHODS = ["em", "pc", "ode", "heun", "dpm_solver", "unipc", "ggf", "em+tp", "heun+tp",
@@ -254,8 +255,10 @@ def matched(trainer, score: _Scorer, seeds: int, cache: _RowCache) -> dict:
 def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 500,
         seeds: int = 2, methods: list[str] | None = None, max_nfe: int = 200,
         quick: bool = False, name: str | None = None, wandb: str = "disabled",
-        device: str = "cpu", out_dir: str | None = None) -> dict:
-    """Benchmark the trained run at `ckpt`; returns the payload written to results/<name>.json."""
+        device: str = "cpu", out_dir: str | None = None, committed: bool = False) -> dict:
+    """Benchmark the trained run at `ckpt`; returns the payload written to <name>.json in
+    `out_dir`, by default the run's own `fd_nfe/` folder (`committed=true`: the committed
+    tables in benchmarks/results/, as `suite=all` does through SCOREKIT_RESULTS_DIR)."""
     from scorekit.evaluation.features import FeatureExtractor
     from scorekit.train import Trainer
     from scorekit.training import distributed
@@ -297,7 +300,7 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
         payload["summary"] = summary = ln.summarise(payload["rows"])
         payload["versus"] = ln.versus(summary, PAIRS)
         if main:
-            js, md, png = report(payload, name, Path(out_dir) if out_dir else RESULTS)
+            js, md, png = report(payload, name, _destination(out_dir, committed, run_dir))
             logger.log_table("fd_vs_nfe", summary)
             logger.log_image("fd_vs_nfe_plot", png)
             print(f"wrote {js}, {md}, {png}")
@@ -305,6 +308,18 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
         logger.finish()
         distributed.shutdown()
     return payload
+
+
+def _destination(out_dir: str | None, committed: bool, run_dir: Path) -> Path:
+    """Where the tables go: `out_dir`, the committed results (asked for explicitly, or by
+    SCOREKIT_RESULTS_DIR), else beside the run's row cache."""
+    if out_dir:
+        return Path(out_dir)
+    if committed:
+        return COMMITTED
+    if os.environ.get("SCOREKIT_RESULTS_DIR"):
+        return RESULTS
+    return run_dir / "fd_nfe"
 
 
 def report(payload: dict, name: str, out_dir: Path) -> tuple[Path, Path, Path]:

@@ -200,8 +200,8 @@ def summarise(payload: dict) -> list[dict]:
 
 
 # (candidate, baseline) pairs compared at equal error.
-PAIRS = [("ggf", "em"), ("ggf_bridge", "em"), ("ggf_fresh", "em"), ("em+tp", "em"), ("heun_edm+tp", "heun_edm"),
-         ("dpm_solver+tp", "dpm_solver"), ("unipc+tp", "unipc")]
+PAIRS = [("ggf", "em"), ("ggf_bridge", "em"), ("ggf_fresh", "em"), ("em+tp", "em"),
+         ("heun_edm+tp", "heun_edm"), ("dpm_solver+tp", "dpm_solver"), ("unipc+tp", "unipc")]
 
 
 def versus(summary: list[dict], pairs: list[tuple[str, str]] = PAIRS) -> list[dict]:

@@ -197,6 +197,17 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     return SampleResult(out, counts, info)
 
 
+def reports_steps(method: str, sde: SDE, capture: str | None = None) -> bool:
+    """Whether `sample(method=..., capture=...)` can drive a per-step callback / progress bar
+    for `sde` (False for unknown methods: `sample` itself names the error)."""
+    try:
+        fn = _METHODS[_resolve_method(method, sde)]
+    except ValueError:
+        return False
+    valid = accepted_kwargs(fn)
+    return capture != "graph" and (valid is None or "loop" in valid)
+
+
 def _make_loop(method: str, valid: list[str] | None, capture: str | None,
                callback: Callback | None, progress: bool) -> Loop | None:
     """The step driver for the method (None: the method's default, which reports nothing)."""

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from scorekit import rng
 
-__all__ = ["check_shape", "check_device_dtype", "check_x_init"]
+__all__ = ["check_shape", "check_device_dtype", "check_x_init", "check_batch"]
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -64,6 +64,28 @@ def check_x_init(x_init: Tensor, shape: tuple[int, ...], device: torch.device | 
         raise ValueError(f"x_init has {int(finite.logical_not().sum())} non-finite entries "
                          f"(after the cast to {dtype})")
     return x
+
+
+def check_batch(x: Tensor, name: str = "x") -> None:
+    """User data x: a floating tensor (B, *D), B >= 1 and every row finite; else an error
+    naming the bad value (the non-finite rows by count and first index)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor (B, *D), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor (e.g. torch.float32), got {x.dtype}")
+    if x.dim() < 2 or any(s < 1 for s in x.shape):
+        raise ValueError(f"{name} must have shape (B, *D) with positive sizes, got "
+                         f"{tuple(x.shape)}")
+    count, first = nonfinite_rows(x)
+    if count:
+        raise ValueError(f"{name} has {count} non-finite rows of {x.shape[0]} "
+                         f"(first: row {first})")
+
+
+def nonfinite_rows(v: Tensor) -> tuple[int, int]:
+    """(count, first index) of the rows of v: (B, *D) or (B,) holding NaN/inf; (0, -1) if none."""
+    rows = torch.isfinite(v).reshape(v.shape[0], -1).all(1).logical_not().nonzero().flatten()
+    return rows.numel(), int(rows[0]) if rows.numel() else -1
 
 
 def per_sample_streams(generator, seed: int | None, seeds: torch.Tensor | None, n: int,

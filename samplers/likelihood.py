@@ -12,19 +12,30 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from samplers.inputs import check_batch, nonfinite_rows
 from samplers.ode import ProbabilityFlow, check_solver
 from scorekit.processes import SDE, Score
 
 
 class _AugmentedFlow(nn.Module):
-    """Right-hand side of the (x, delta) system; counts forward and vector-Jacobian calls."""
+    """Right-hand side of the (x, delta) system; counts forward and vector-Jacobian calls and
+    raises FloatingPointError at the first evaluation whose score, drift or divergence is NaN/inf
+    (a NaN otherwise makes the adaptive solver shrink dt until torchdiffeq's "underflow in dt")."""
 
     def __init__(self, score: Score, sde: SDE, probes: Tensor | None):
         super().__init__()
-        self.flow = ProbabilityFlow(score, sde)
+        self._user_score = score
+        self.flow = ProbabilityFlow(self._score, sde)
         self.probes = probes  # (K, B, *D) fixed for the whole solve, or None for exact trace
         self.nfe = 0
         self.vjp_calls = 0
+        self.last_t = float("nan")  # the (clamped) time of the latest score evaluation
+        self._s: Tensor | None = None
+
+    def _score(self, x: Tensor, t: Tensor) -> Tensor:
+        s = self._user_score(x, t)
+        self._s, self.last_t = s.detach(), float(t[0])
+        return s
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x = state[0]
@@ -33,7 +44,20 @@ class _AugmentedFlow(nn.Module):
             v = self.flow.velocity(t, x)
             self.nfe += 1
             div = self._divergence(v, x)
-        return v.detach(), div.detach()
+        v, div = v.detach(), div.detach()
+        if not bool(torch.isfinite(v).all() & torch.isfinite(div).all()):
+            self._raise_non_finite(v, div)
+        return v, div
+
+    def _raise_non_finite(self, v: Tensor, div: Tensor) -> None:
+        for what, val in (("the score", self._s), ("the probability-flow drift", v),
+                          ("the drift's divergence", div)):
+            count, first = nonfinite_rows(val)
+            if count:
+                raise FloatingPointError(
+                    f"{what} is non-finite (NaN/inf) at t={self.last_t:.6g} for {count} of "
+                    f"{val.shape[0]} rows (first: row {first}), at score evaluation {self.nfe}; "
+                    f"log_likelihood needs a finite score on [eps, T]")
 
     def _divergence(self, v: Tensor, x: Tensor) -> Tensor:
         b = x.shape[0]
@@ -67,6 +91,7 @@ def log_likelihood(score: Score, sde: SDE, x: Tensor, exact_trace: bool | None =
     """
     from torchdiffeq import odeint
 
+    check_batch(x)
     check_solver(solver, rtol, atol)
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
@@ -85,7 +110,15 @@ def log_likelihood(score: Score, sde: SDE, x: Tensor, exact_trace: bool | None =
     func = _AugmentedFlow(score, sde, probes)
     ts = torch.tensor([sde.eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    x_t, delta = odeint(func, (x, delta0), ts, method=solver, rtol=rtol, atol=atol)
+    try:
+        x_t, delta = odeint(func, (x, delta0), ts, method=solver, rtol=rtol, atol=atol)
+    except AssertionError as err:
+        if not str(err).startswith("underflow in dt"):
+            raise
+        raise FloatingPointError(
+            f"the ODE solver's step size underflowed ({err}) near t={func.last_t:.6g} after "
+            f"{func.nfe} score evaluations: the score is stiff or non-finite there; check it, "
+            f"or raise rtol/atol (now rtol={rtol}, atol={atol})") from err
     logp = (prior_logp or sde.prior_logp)(x_t[-1]) + delta[-1]
     if return_info:
         return logp, {"nfe": func.nfe, "vjp_calls": func.vjp_calls, "exact_trace": exact,

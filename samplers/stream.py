@@ -6,8 +6,10 @@
 not depend on the batch size: a rerun after a crash keeps the shards already on disk (each
 written atomically, with a tensor checksum) and recomputes only the others, giving the same
 files as an uninterrupted run. Memory is that of one batch, whatever n is. `manifest.json`
-records the parameters; a rerun into the same directory with other ones is refused (the score
-itself cannot be checked: rerun with the same model).
+records the parameters and `source` (what the score is: e.g. the checkpoint's checksum and
+whether its EMA weights were used); a rerun into the same directory with other ones is refused
+naming the field. One call at a time writes a directory (`scorekit.lock.DirLock`); temporary
+files that a killed call left are removed by the next one.
 
 Layout: `<out>/manifest.json`, `<out>/shard-000000.safetensors` ... (tensor "x": (rows, *D)).
 """
@@ -29,6 +31,7 @@ from samplers.api import sample
 from samplers.inputs import check_shape
 from scorekit import io, rng
 from scorekit._validate import check_positive_int
+from scorekit.lock import DirLock, LockHeld
 from scorekit.processes import SDE, Score
 from scorekit.ranks import Ranks
 
@@ -53,12 +56,13 @@ def shard_path(out_dir: str | Path, k: int) -> Path:
 
 
 def _manifest(n: int, batch_size: int, sample_shape: tuple[int, ...], seed: int, method: str,
-              steps: int | None, dtype: torch.dtype, sde: SDE, options: dict[str, Any]
-              ) -> dict[str, Any]:
+              steps: int | None, dtype: torch.dtype, sde: SDE, options: dict[str, Any],
+              source: dict[str, Any] | None) -> dict[str, Any]:
     return {"format": FORMAT, "n": n, "batch_size": batch_size,
             "sample_shape": list(sample_shape), "seed": seed, "method": method, "steps": steps,
             "dtype": str(dtype).removeprefix("torch."), "sde": repr(sde),
             "options": {k: repr(v) for k, v in sorted(options.items())},
+            "source": json.loads(json.dumps(source, default=repr)),
             "shards": -(-n // batch_size)}
 
 
@@ -77,7 +81,7 @@ def _check_manifest(out: Path, want: dict[str, Any]) -> None:
              if have.get(k) != v]
     if diffs:
         raise ValueError(f"{out} holds samples drawn with other parameters ("
-                         + "; ".join(diffs[:4]) + "); use another out_dir")
+                         + "; ".join(diffs[:4]) + "); rerun with those, or use another out_dir")
 
 
 def _shard_ok(path: Path, k: int, start: int, rows: int) -> bool:
@@ -96,7 +100,8 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
                    sample_shape: int | tuple[int, ...], batch_size: int = 10_000, seed: int = 0,
                    method: str = "em", steps: int | None = None,
                    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                   progress: bool = False, **options: Any) -> StreamResult:
+                   progress: bool = False, source: dict[str, Any] | None = None,
+                   **options: Any) -> StreamResult:
     """Draw n samples of shape `sample_shape` with `samplers.sample(method=..., **options)` in
     shards of `batch_size`, written to `out_dir`; shards already there are kept (resume).
 
@@ -110,7 +115,9 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
     for any world size, and a rerun with another world size completes only what is missing.
     Rank 0 writes the manifest; a rank that raises ends the call on every rank with
     `scorekit.ranks.RankFailed` naming the rank, the shard and the error. `progress`: a tqdm bar
-    on rank 0 counting the shards on disk (all ranks').
+    on rank 0 counting the shards on disk (all ranks'). `source`: JSON-able facts about the
+    score (`Trainer.sample_to_disk` passes the checkpoint's checksum, step and `use_ema`),
+    recorded in the manifest and checked on rerun like the other parameters.
     """
     ranks = Ranks.current()
     n = check_positive_int(n, "n")
@@ -122,17 +129,31 @@ def sample_to_disk(score: Score, sde: SDE, out_dir: str | Path, n: int,
     sample_shape = check_shape((1, *dims))[1:]
     device = torch.device("cpu" if device is None else device)
     out = Path(out_dir)
-    want = _manifest(n, batch_size, sample_shape, seed, method, steps, dtype, sde, options)
-    error = None
+    want = _manifest(n, batch_size, sample_shape, seed, method, steps, dtype, sde, options,
+                     source)
+    error, lock = None, DirLock(out, "sample dir")
     if ranks.is_main:  # one writer for the manifest and the clean-up
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
             _check_manifest(out, want)
-            for stale in out.glob(".shard-*.tmp"):  # left by a process killed mid-write
-                stale.unlink(missing_ok=True)
-        except (OSError, ValueError) as err:
+            io.remove_stale_temps(out)  # left by a process killed mid-write
+        except (OSError, ValueError, LockHeld) as err:
+            lock.release()
             error = err
     ranks.agree(error, f"sample_to_disk into {out}")
+    try:
+        return _fill(score, sde, out, n, batch_size, sample_shape, seed, method, steps, device,
+                     dtype, progress, ranks, options)
+    finally:
+        lock.release()
+
+
+def _fill(score: Score, sde: SDE, out: Path, n: int, batch_size: int,
+          sample_shape: tuple[int, ...], seed: int, method: str, steps: int | None,
+          device: torch.device, dtype: torch.dtype, progress: bool, ranks: Ranks,
+          options: dict[str, Any]) -> StreamResult:
+    """The shards not on disk yet (this rank's), then the manifest marked complete."""
+    error = None
     n_shards = -(-n // batch_size)
     res = StreamResult(out, n, n_shards)
     start_time = time.perf_counter()

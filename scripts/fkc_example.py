@@ -1,6 +1,7 @@
 """Feynman–Kac correctors on trained models: the product of two 2-D models and a tempered one.
 
-Trains (or reuses, if `<out_dir>/<name>` already holds a run) two small MLP score models on
+Trains (or reuses, if `<out_dir>/<name>` holds a run with the same settings; other settings
+are refused) two small MLP score models on
 different 2-D mixtures, then samples with `samplers.fkc_sample`:
   product: p1 * p2 (normalised), and the naive sum-of-scores sampler without weights;
   anneal:  p1^beta, and the naive beta-scaled score without weights.
@@ -15,14 +16,14 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 import samplers
+from scorekit.config import compose
 from scorekit.train import Trainer
+from scorekit.training.resume import leaves
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 MODELS = {  # two overlapping layouts: their product keeps only the shared regions
     "ring4": ["data.layout=ring", "data.n_modes=4", "data.std=0.3"],
     "three": ["data=gmm3"],
@@ -40,19 +41,31 @@ def _args(argv: list[str]) -> dict[str, str]:
     return opts
 
 
+def overrides(name: str, train_steps: int) -> list[str]:
+    """The training config of model `name` (a key of MODELS)."""
+    return MODELS[name] + [f"trainer.steps={train_steps}", "trainer.progress=false",
+                           "trainer.ckpt_every=100000", "model.hidden=64", "eval.plot=false",
+                           "data.n_train=5000", "data.n_test=500"]
+
+
 def _trainer(name: str, out_dir: Path, train_steps: int) -> Trainer:
+    """Train MODELS[name] in `<out_dir>/<name>`, or reuse (resume) the run there if it was
+    trained with exactly these settings; a run with others is refused, naming them."""
     run_dir = out_dir / name
-    if (run_dir / "config.yaml").is_file():
-        return Trainer.from_run_dir(run_dir)
-    overrides = MODELS[name] + [f"trainer.steps={train_steps}", "trainer.progress=false",
-                                "trainer.ckpt_every=100000", "model.hidden=64",
-                                "eval.plot=false", "data.n_train=5000", "data.n_test=500"]
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
-    cfg.pop("hydra", None)
+    cfg = compose(overrides(name, train_steps))
+    stored = run_dir / "config.yaml"
+    if stored.is_file():
+        old = leaves(OmegaConf.to_container(OmegaConf.load(stored)))
+        new = leaves(OmegaConf.to_container(cfg))
+        diffs = [f"{k}: {old.get(k, '<absent>')!r} there, {new.get(k, '<absent>')!r} now"
+                 for k in sorted(set(old) | set(new))
+                 if old.get(k) != new.get(k) and k not in ("trainer.resume", "trainer.progress")]
+        if diffs:
+            raise SystemExit(f"error: {run_dir} holds a model trained with other settings ("
+                             + "; ".join(diffs[:4]) + "); pass another out_dir or remove it")
+        cfg.trainer.resume = True  # the same run: finish it if it was interrupted
     tr = Trainer(cfg, run_dir=run_dir)
     tr.fit()
-    tr.save_checkpoint()
     return tr
 
 

@@ -9,7 +9,6 @@ command after an interruption completes the missing shards only. Several process
 ranks by index (sample i always comes from seed + i, so the files do not depend on K).
 """
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from scorekit.cli import remove_if_empty, require_args, user_errors
+from scorekit.config import ConfigError
 from scorekit.train import Trainer  # from_run_dir picks SudokuTrainer for Sudoku runs
 from scorekit.training import distributed
 
@@ -32,10 +33,16 @@ def main(cfg: DictConfig) -> None:
 
 def _main(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
-    trainer = Trainer.from_run_dir(cfg.run_dir, checkpoint=cfg.ckpt,
-                                   eval={"n_samples": cfg.n, "use_ema": cfg.use_ema,
-                                         "seed": cfg.seed, "plot": cfg.plot},
-                                   trainer={"allow_pickle": cfg.allow_pickle})
+    with user_errors(out_dir):
+        trainer = Trainer.from_run_dir(cfg.run_dir, checkpoint=cfg.ckpt,
+                                       eval={"n_samples": cfg.n, "use_ema": cfg.use_ema,
+                                             "seed": cfg.seed, "plot": cfg.plot},
+                                       trainer={"allow_pickle": cfg.allow_pickle,
+                                                "progress": cfg.progress})
+        _run(cfg, trainer, out_dir)
+
+
+def _run(cfg: DictConfig, trainer: Trainer, out_dir: str) -> None:
     sampler = cfg.get("sampler") or trainer.cfg.sampler
     if cfg.out is not None:
         res = trainer.sample_to_disk(cfg.out, n=cfg.n, batch_size=cfg.batch, sampler=sampler,
@@ -44,31 +51,22 @@ def _main(cfg: DictConfig) -> None:
             print(f"{res.n} samples in {res.shards} shards under {res.out_dir} "
                   f"({len(res.written)} written now by rank 0, {len(res.skipped)} already "
                   f"there; {trainer.dist.world_size} rank(s))")
-        _remove_if_unused(Path(out_dir))
+        remove_if_empty(out_dir, stop=cfg.run_dir)  # the samples went to out=
         return
     if trainer.dist.enabled:
-        raise SystemExit("under torchrun, scripts/sample.py streams to disk: pass out=<dir>")
+        raise ConfigError("under torchrun, scripts/sample.py streams to disk: pass out=<dir>")
+    trainer.log_path = Path(out_dir) / "sample.log"
     metrics = trainer.evaluate(sampler=sampler, out_dir=out_dir)
-    print(f"sampler: {OmegaConf.to_container(sampler)}")
-    print(f"NFE per sample: {metrics['nfe']:.1f}")
+    trainer._print(f"sampler: {OmegaConf.to_container(sampler)}")
+    trainer._print(f"NFE per sample: {metrics['nfe']:.1f}")
     keys = ("sliced_wasserstein", "sliced_wasserstein_floor", "mode_weight_tv",
             "mode_std_ratio_mean", "off_mode_fraction", "solved_fraction", "per_clues",
             "sample_time_s")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"wrote {out_dir}/metrics.json and samples.png")
-
-
-def _remove_if_unused(hydra_dir: Path) -> None:
-    """Hydra's ${now:}-named dir of a streaming call holds nothing but an empty job log: the
-    samples went to out=, so do not leave it (nor an emptied samples/) behind."""
-    log = hydra_dir / "sample.log"
-    with contextlib.suppress(OSError):
-        if log.is_file() and log.stat().st_size == 0:
-            log.unlink()
-        hydra_dir.rmdir()
-        hydra_dir.parent.rmdir()  # <run_dir>/samples/, if nothing else is in it
+    trainer._print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    trainer._print(f"wrote {out_dir}/metrics.json, samples.png and sample.log")
 
 
 if __name__ == "__main__":
+    require_args("run_dir", example="python scripts/sample.py run_dir=outputs/default/<stamp>")
     sys.argv += distributed.hydra_overrides()
     main()

@@ -8,12 +8,12 @@ caches the training data as its checkpoint and samples from the closed-form smoo
 
 Multi-GPU / multi-node: `torchrun --nproc_per_node=N scripts/train.py ...`; every rank uses rank
 0's run dir. SIGTERM / SIGINT stop training after the current step with a checkpoint and exit
-with 128 + the signal number (143 for SIGTERM), without evaluating.
+with 128 + the signal number (143 for SIGTERM), without evaluating. A config, checkpoint or
+run-dir lock error prints one line (`HYDRA_FULL_ERROR=1` for the traceback), exits 2 and leaves
+no new directory behind.
 """
 
-import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from scorekit.cli import remove_if_empty, user_errors
 from scorekit.train import trainer_class
 from scorekit.training import distributed
 from scorekit.training.signals import StopRequested
@@ -29,11 +30,12 @@ from scorekit.training.signals import StopRequested
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_dir = HydraConfig.get().runtime.output_dir
+    trainer = None
     try:
-        trainer = trainer_class(cfg)(cfg, run_dir=hydra_dir)
+        with user_errors(hydra_dir):
+            trainer = trainer_class(cfg)(cfg, run_dir=hydra_dir)
         if Path(hydra_dir).resolve() != trainer.run_dir.resolve():
-            with contextlib.suppress(OSError):  # this rank's own ${now:}-named dir, if empty
-                os.rmdir(hydra_dir)
+            remove_if_empty(hydra_dir)  # this rank's own ${now:}-named dir
         metrics = trainer.run()
     except StopRequested as stop:
         if trainer.dist.is_main:
@@ -45,8 +47,9 @@ def main(cfg: DictConfig) -> None:
         return
     keys = ("sliced_wasserstein", "sliced_wasserstein_floor", "sliced_wasserstein_prior",
             "solved_fraction", "per_clues", "nfe", "train_time_s", "sample_time_s")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"run dir: {trainer.run_dir}  (samples.png, metrics.json, checkpoints/)")
+    trainer._print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    trainer._print(f"run dir: {trainer.run_dir}  (samples.png, metrics.json, train.log, "
+                   f"checkpoints/)")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
-    ("scorekit", "scorekit._validate", "scorekit.io", "scorekit.rng", "scorekit.ranks"),
+    ("scorekit", "scorekit._validate", "scorekit.io", "scorekit.rng", "scorekit.ranks",
+     "scorekit.lock"),
     ("scorekit.processes",),
     ("scorekit.scores",),
     ("scorekit.data", "scorekit.objectives", "scorekit.nets"),
     ("samplers",),
     ("scorekit.evaluation",),
-    ("scorekit.training",),
+    ("scorekit.training", "scorekit.cli"),
     # Re-exports under the original import paths: nothing in the package may import them.
     ("scorekit.sde", "scorekit.reflected", "scorekit.dirichlet", "scorekit.train",
      "scorekit.metrics", "scorekit.config"),

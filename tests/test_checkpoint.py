@@ -114,7 +114,7 @@ def test_disk_full_never_leaves_half_written_latest(tmp_path, monkeypatch, fault
     into place: the save raises and the previous good checkpoint still loads."""
     last, prev = _pair(tmp_path)
     if fault == "write":
-        monkeypatch.setattr(ckpt, "save_file", _half_write_then_enospc)
+        monkeypatch.setattr(ckpt, "write_safetensors", _half_write_then_enospc)
     else:
         monkeypatch.setattr(ckpt.os, "replace", _failing_replace(1 if fault == "rotate" else 2))
     with pytest.raises(OSError, match="No space left"):
@@ -131,12 +131,10 @@ def test_disk_full_check_catches_a_non_atomic_writer(tmp_path, monkeypatch):
     last, prev = _pair(tmp_path)
 
     def naive_save(path, tensors, meta, previous=None):
-        ckpt.save_file(tensors, str(path), metadata={"scorekit": "{}"})
+        _half_write_then_enospc(tensors, str(path), metadata={"scorekit": "{}"})
 
-    monkeypatch.setattr(ckpt, "save_file", _half_write_then_enospc)
     with pytest.raises(OSError):
         naive_save(last, *_state(3))
-    monkeypatch.undo()
     with pytest.raises(ckpt.CheckpointError):
         _assert_previous_intact(tmp_path, last, prev)
 

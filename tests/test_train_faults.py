@@ -26,9 +26,11 @@ SHORT = [o for o in TINY if not o.startswith("trainer.steps")] + ["trainer.steps
 
 
 def _state(path):
-    """Everything a checkpoint holds except wall-clock time."""
+    """Everything a checkpoint holds except wall-clock time and how the run was launched
+    (`run_config` records trainer.resume)."""
     tensors, meta = ckpt.load(path)
     meta.pop("train_time")
+    meta.pop("run_config")
     return tensors, meta
 
 
@@ -108,9 +110,8 @@ def test_damaged_last_checkpoint_falls_back_to_previous(tmp_path, damage, short_
         last.write_bytes(bytes(data))
     else:
         last.unlink()
-    tr = Trainer(_cfg(SHORT + ["trainer.resume=true"]), run_dir=tmp_path / "run")
     with pytest.warns(UserWarning, match="using the previous checkpoint .*prev.safetensors"):
-        tr._maybe_resume()
+        tr = Trainer(_cfg(SHORT + ["trainer.resume=true"]), run_dir=tmp_path / "run")
     assert tr.step == 6
     assert (last.with_name(last.name + ".corrupt").exists()) == (damage != "delete")
     tr.fit()

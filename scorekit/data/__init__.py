@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,10 @@ DATASETS = {"gmm": gmm, "moons": moons, "swissroll": swissroll, "checkerboard": 
             "digits": digits, "banana": banana, "double_well": double_well, "patches": patches,
             "folder": folder, "sudoku": sudoku_grids}
 FIXED_SETS = ("digits", "folder")  # a fixed collection of images, split rather than drawn
+# Evaluation's sliced Wasserstein floor, MMD and Frechet distance need >= 2 held-out rows (and
+# as many training rows); a fixed set holds out at most a quarter, so it needs 4x that.
+MIN_HELDOUT = 2
+MIN_FIXED_IMAGES = 4 * MIN_HELDOUT
 
 
 def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int = 0,
@@ -34,9 +39,10 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
 
     "digits" (1797 images, in [low, high], default [-1, 1]) and "folder" (in [-1, 1]) are
     fixed sets: `n_test` (at most a quarter) are held out, the rest train (`n_train` caps the
-    training set). "patches" draws n_train + n_test crops in [-1, 1]. "sudoku" draws
-    n_train + n_test complete grids (B, 9, 9); its options (`sudoku`'s keywords) configure
-    training givens and evaluation puzzles.
+    training set); they need >= 8 images and n_train, n_test >= 2 (evaluation's statistics).
+    "patches" draws n_train + n_test crops in [-1, 1]. "sudoku" draws n_train + n_test
+    complete grids (B, 9, 9); its options (`sudoku`'s keywords) configure training givens and
+    evaluation puzzles.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}")
@@ -53,7 +59,13 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
         grids = sudoku_grids(n_train + n_test, generator=gen, **params)
         return Dataset(name, grids[:n_train], grids[n_train:], "sudoku", (81, 9), dict(params))
     if name in FIXED_SETS:
+        for key, val in (("n_test", n_test), ("n_train", n_train)):
+            if val < MIN_HELDOUT:
+                raise ValueError(f"dataset {name!r} needs {key} >= {MIN_HELDOUT} (evaluation "
+                                 f"compares >= {MIN_HELDOUT} held-out and training images), got "
+                                 f"{key}={val}")
         images = fn(**params)
+        _check_fixed_count(name, params, images.shape[0])
         perm = torch.randperm(images.shape[0], generator=gen)
         n_test = min(n_test, images.shape[0] // 4)
         test, train = images[perm[:n_test]], images[perm[n_test:]][:n_train]
@@ -65,3 +77,13 @@ def make_dataset(name: str, n_train: int = 20000, n_test: int = 5000, seed: int 
         return Dataset(name, x[:n_train], x[n_train:], "image", tuple(x.shape[1:]),
                        dict(params), IMAGE_RANGE)
     return Dataset(name, x[:n_train], x[n_train:], "points", tuple(x.shape[1:]), dict(params))
+
+
+def _check_fixed_count(name: str, params: dict[str, Any], n: int) -> None:
+    """A fixed set of n images must leave >= MIN_HELDOUT held out after the quarter split."""
+    if n < MIN_FIXED_IMAGES:
+        where = (f"folder dataset root {str(Path(params['root']).expanduser())!r}"
+                 if name == "folder" else f"dataset {name!r}")
+        raise ValueError(f"{where} holds {n} images; at least {MIN_FIXED_IMAGES} are needed: a "
+                         f"quarter of them (at most n_test) is held out, and evaluation needs "
+                         f">= {MIN_HELDOUT} held-out images")

@@ -12,21 +12,28 @@ from torch import Tensor
 # switches the user's matplotlib backend (e.g. a notebook's inline one).
 
 
-def _loss_panel(ax, loss_history: list[float]) -> None:
+def _loss_panel(ax, loss_history: list[float], log_every: int | None = None) -> None:
+    """Mean loss of each log interval, against the training step when `log_every` is known."""
+    from matplotlib.ticker import MaxNLocator
+
     y = torch.tensor(loss_history, dtype=torch.float64)
-    ax.plot(y.numpy(), lw=0.8, alpha=0.5, label="per log interval")
+    every = log_every or 1
+    x = (torch.arange(1, len(y) + 1) * every).numpy()
+    ax.plot(x, y.numpy(), lw=0.8, alpha=0.5, label="mean per log interval")
     k = max(1, len(y) // 20)
     if len(y) >= k > 1:
         smooth = torch.nn.functional.avg_pool1d(y[None, None], k, 1)[0, 0]
-        ax.plot(range(k - 1, len(y)), smooth.numpy(), lw=1.5, label=f"moving mean ({k})")
+        ax.plot(x[k - 1:], smooth.numpy(), lw=1.5, label=f"moving mean ({k})")
     if (y > 0).all():
         ax.set_yscale("log")
-    ax.set(title="training loss", xlabel="log interval")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title="training loss", xlabel="training step" if log_every else "log interval")
     ax.legend(fontsize=7)
 
 
 def scatter_vs_data(samples: Tensor, data: Tensor, path: str | Path, title: str | None = None,
-                    loss_history: list[float] | None = None) -> Path:
+                    loss_history: list[float] | None = None, log_every: int | None = None,
+                    data_title: str = "data (held-out)") -> Path:
     """Side-by-side scatter of held-out data and samples (first two coordinates) -> PNG."""
     s, d = samples.detach().cpu().double().flatten(1), data.detach().cpu().double().flatten(1)
     s = s[torch.isfinite(s).all(1)]
@@ -36,12 +43,12 @@ def scatter_vs_data(samples: Tensor, data: Tensor, path: str | Path, title: str 
     lo = torch.quantile(d[:, :2], 0.001, dim=0) - 0.5
     hi = torch.quantile(d[:, :2], 0.999, dim=0) + 0.5
     lo, hi = lo.tolist(), hi.tolist()  # tensors as axis limits warn under NumPy 2
-    for ax, pts, name in ((axes[0], d, "data (held-out)"), (axes[1], s, "samples")):
+    for ax, pts, name in ((axes[0], d, data_title), (axes[1], s, "samples")):
         ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.35, lw=0)
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), title=f"{name}, n={len(pts)}")
         ax.set_aspect("equal")
     if loss_history:
-        _loss_panel(axes[2], loss_history)
+        _loss_panel(axes[2], loss_history, log_every)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -89,14 +96,17 @@ def image_grid(images: Tensor, path: str | Path, nrow: int | None = None,
 
 def save_samples_plot(samples: Tensor, data: Tensor, path: str | Path, kind: str,
                       loss_history: list[float] | None = None,
-                      value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+                      value_range: tuple[float, float] = (-1.0, 1.0),
+                      log_every: int | None = None, data_title: str = "data (held-out)"
+                      ) -> Path:
     """samples.png: a scatter against data for points, a grid of samples next to data for images
     (pixel values in `value_range`, shown black to white); with `loss_history`, a training-loss
-    panel on the right."""
+    panel on the right (against the training step when `log_every` is given)."""
     if kind not in ("points", "image"):
         raise ValueError(f"kind must be 'points' or 'image', got {kind!r}")
     if kind == "points":
-        return scatter_vs_data(samples, data, path, loss_history=loss_history)
+        return scatter_vs_data(samples, data, path, loss_history=loss_history,
+                               log_every=log_every, data_title=data_title)
     lo, hi = value_range
     if not lo < hi:
         raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}")
@@ -104,10 +114,10 @@ def save_samples_plot(samples: Tensor, data: Tensor, path: str | Path, kind: str
     ncol = 3 if loss_history else 2
     fig = Figure(figsize=(4.2 * ncol, 4.2))
     axes = fig.subplots(1, ncol)
-    _grid_panel(axes[0], _tile(data), "data (held-out)")
+    _grid_panel(axes[0], _tile(data), data_title)
     _grid_panel(axes[1], _tile(samples), "samples")
     if loss_history:
-        _loss_panel(axes[2], loss_history)
+        _loss_panel(axes[2], loss_history, log_every)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -133,7 +143,8 @@ def _board_panel(ax, puzzle: Tensor, solution: Tensor, title: str) -> None:
 
 
 def sudoku_plot(per_clues: dict[int, dict], examples: tuple[Tensor, Tensor] | None,
-                path: str | Path, loss_history: list[float] | None = None) -> Path:
+                path: str | Path, loss_history: list[float] | None = None,
+                log_every: int | None = None) -> Path:
     """Solved fraction vs number of clues, two example solutions and the loss curve -> PNG."""
     n_ex = 0 if examples is None else min(2, len(examples[0]))
     ncol = 1 + n_ex + (1 if loss_history else 0)
@@ -151,7 +162,7 @@ def sudoku_plot(per_clues: dict[int, dict], examples: tuple[Tensor, Tensor] | No
     for i in range(n_ex):
         _board_panel(axes.pop(0), examples[0][i], examples[1][i], f"example {i + 1}")
     if loss_history:
-        _loss_panel(axes.pop(0), loss_history)
+        _loss_panel(axes.pop(0), loss_history, log_every)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -19,6 +19,7 @@ import samplers
 from scorekit import io
 from scorekit._validate import ConfigError, split_named
 from scorekit.evaluation.metrics import frechet_distance, mmd, mode_metrics, sliced_wasserstein
+from scorekit.evaluation.tempered import tempered_beta, tempered_draws, tempered_mixture
 
 
 class SamplingMixin:
@@ -26,10 +27,16 @@ class SamplingMixin:
     Trainer."""
 
     def sample(self, n: int, sampler: DictConfig | dict | None = None, use_ema: bool = True,
-               seed: int = 1) -> samplers.SampleResult:
+               seed: int = 1, progress: bool | None = None) -> samplers.SampleResult:
         """Draw n samples with the configured (or given) sampler section; sample i from the
-        per-sample stream of seed + i (`samplers.sample(seed=...)`)."""
+        per-sample stream of seed + i (`samplers.sample(seed=...)`). `progress`: a per-step bar
+        (default: `trainer.progress` on a terminal or notebook), for methods that report steps."""
         model, method, options = self._sampler_setup(sampler, use_ema)
+        progress = self._shows_progress() if progress is None else bool(progress)
+        progress = progress and "callback" not in options and \
+            samplers.api.reports_steps(method, self.sde, options.get("capture"))
+        if progress:
+            options = {**options, "progress": True}
         return samplers.sample(model, self.sde, (n, *self.data.sample_shape), method=method,
                                seed=seed, device=self.device, dtype=self.dtype, **options)
 
@@ -38,12 +45,15 @@ class SamplingMixin:
                        seed: int = 1, progress: bool = False) -> samplers.stream.StreamResult:
         """`samplers.sample_to_disk` with this run's model and sampler section: n samples in
         shards of batch_size under out_dir, resuming an interrupted call (split over the
-        ranks under torchrun)."""
+        ranks under torchrun). The manifest records the checkpoint's checksum, step and
+        `use_ema`: a rerun with another model or weights is refused."""
         model, method, options = self._sampler_setup(sampler, use_ema)
+        source = {"checkpoint_sha256": self.checkpoint_digest, "step": self.step,
+                  "use_ema": use_ema}
         return samplers.sample_to_disk(model, self.sde, out_dir, n, self.data.sample_shape,
                                        batch_size=batch_size, seed=seed, method=method,
                                        device=self.device, dtype=self.dtype, progress=progress,
-                                       **options)
+                                       source=source, **options)
 
     def check_sampler(self) -> None:
         """Dry-run the sampler section on 2 samples (teleport off: its fit needs a trained
@@ -55,7 +65,7 @@ class SamplingMixin:
         if section.get("t_start") in ("auto", None):
             section.pop("t_start", None)
         try:
-            self.sample(2, section, use_ema=True, seed=0)
+            self.sample(2, section, use_ema=True, seed=0, progress=False)
         except (ValueError, TypeError, KeyError) as err:
             raise ConfigError(f"sampler section {section} fails before training: {err}") from None
         self._sampler_checked = True
@@ -129,7 +139,12 @@ class SamplingMixin:
         e = self.cfg.eval
         out_dir = Path(out_dir) if out_dir is not None else self.run_dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        section = OmegaConf.to_container(OmegaConf.create(sampler or self.cfg.sampler))
+        self._print(f"evaluating: {e.n_samples} samples with {section}")
         res = self.sample(e.n_samples, sampler, use_ema=e.use_ema, seed=e.seed)
+        if "t_start" in res.info:
+            self._print(f"teleported to t_start={res.info['t_start']:.4g} "
+                        f"({res.info.get('teleport_mode')}); the sampler ran from there")
         x = res.x.detach().cpu().double()
         test = self.data.test.double()
         gen = torch.Generator().manual_seed(e.seed)
@@ -137,10 +152,19 @@ class SamplingMixin:
         prior = self.sde.prior_sample((n_ref, *self.data.sample_shape), generator=gen,
                                       dtype=torch.float64)
         sw = lambda a, b: float(sliced_wasserstein(a, b, n_proj=e.n_proj))  # noqa: E731
+        # Noise floor: the same metric between two exact sample sets (train vs test).
+        exact, target, beta = self.data.train[:n_ref].double(), "p", tempered_beta(section)
+        gmm = self.data.exact_score(self.sde) if self.data.has_exact_score else None
+        if beta is not None and gmm is not None:  # FKC anneal: compare with p^beta itself
+            test = tempered_draws(gmm, beta, len(test), gen)
+            exact, target = tempered_draws(gmm, beta, n_ref, gen), f"p^{beta:g}"
+            gmm = tempered_mixture(gmm, beta)
+        elif beta is not None:
+            target = f"p (p^{beta:g} has no closed-form reference for data '{self.data.name}')"
         metrics = {
+            "target": target,
             "sliced_wasserstein": sw(x, test),
-            # Noise floor: the same metric between two exact sample sets (train vs test).
-            "sliced_wasserstein_floor": sw(self.data.train[:n_ref].double(), test[:n_ref]),
+            "sliced_wasserstein_floor": sw(exact, test[:n_ref]),
             "sliced_wasserstein_prior": sw(prior, test[:n_ref]),
             "mmd": float(mmd(x[:2000].flatten(1), test[:2000].flatten(1))),
             "frechet_distance_raw": float(frechet_distance(x.flatten(1), test.flatten(1))),
@@ -162,13 +186,16 @@ class SamplingMixin:
             out = (x < lo) | (x > hi)
             metrics.update(out_of_range_fraction=float(out.flatten(1).any(1).double().mean()),
                            out_of_range_elements=float(out.double().mean()))
-        if self.data.has_exact_score:  # mode weights / widths against the known mixture
-            metrics.update(mode_metrics(x.flatten(1), self.data.exact_score(self.sde)))
+        if gmm is not None:  # mode weights / widths against the known mixture (or its p^beta)
+            metrics.update(mode_metrics(x.flatten(1), gmm))
         io.write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         if e.plot:
             from scorekit.evaluation.plotting import save_samples_plot
 
             save_samples_plot(x, test, out_dir / "samples.png", kind=self.data.kind,
+                              data_title="data (held-out)" if target == "p" else
+                              f"target {target.split(' ')[0]} (exact draws)",
                               loss_history=self.loss_history or None,
+                              log_every=self.cfg.trainer.log_every,
                               value_range=self.data.value_range or (-1.0, 1.0))
         return metrics

@@ -36,7 +36,9 @@ class TrainerConfig:
     grad_clip: float | None = 1.0
     ckpt_every: int = 1000
     log_every: int = 50
-    resume: Any = False  # false | true (this run dir) | path to a run dir or checkpoint file
+    # false | true (this run dir, its own config; refused in a dir holding other files and no
+    # checkpoint) | allow_new (true, or start there anyway) | path to a run dir or checkpoint
+    resume: Any = False
     progress: bool = True
     skip_nonfinite: int = 0  # batches with a NaN/inf loss to skip (and log) before stopping
     allow_pickle: bool = False  # load pickle (.pt) checkpoints with torch.load(weights_only)

@@ -27,6 +27,14 @@ class WandbLogger:
         self._run = wandb.init(mode=mode, project=project, dir=str(run_dir), config=config,
                                name=name, tags=tags or None, reinit="finish_previous")
 
+    def where(self) -> str | None:
+        """Where this run's wandb files go, as a line to print (None when disabled)."""
+        if self._run is None:
+            return None
+        folder = Path(self._run.dir).parent  # .../wandb/<offline-run-...>/files -> its run
+        tail = f"; upload later with `wandb sync {folder}`" if self.mode == "offline" else ""
+        return f"wandb ({self.mode}): {folder}{tail}"
+
     def log(self, values: dict[str, float], step: int) -> None:
         if self._run is not None:
             self._run.log(values, step=step)

@@ -13,6 +13,8 @@ gradients, and a resumed run needs only the data generator's state.
 from __future__ import annotations
 
 import math
+import sys
+import time
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -143,7 +145,21 @@ class StepMixin:
                     f"({len(self.skipped)} of trainer.skip_nonfinite={limit})")
         return None
 
-    def _print(self, msg: str) -> None:
-        """A message from rank 0 only (every rank knows the same)."""
-        if self.dist.is_main:
+    def _shows_progress(self) -> bool:
+        """Bars only when asked (`trainer.progress`), on rank 0, and where someone watches: a
+        terminal or a notebook (in a log file they would be noise)."""
+        interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+        return bool(self.cfg.trainer.progress) and self.dist.is_main and interactive
+
+    def _print(self, msg: str, console: bool = True) -> None:
+        """A message from rank 0 only (every rank knows the same): on the console (above a
+        progress bar) unless `console=False`, and appended, time-stamped, to the run's log
+        (`self.log_path`: `<run_dir>/train.log` while training)."""
+        if not self.dist.is_main:
+            return
+        if console:
             tqdm.write(msg)
+        path = getattr(self, "log_path", None)
+        if path is not None:
+            with open(path, "a") as fh:
+                fh.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}\n")

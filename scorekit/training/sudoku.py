@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import samplers
+from scorekit import io
 from scorekit.data import Dataset
 from scorekit.data.sudoku import (
     augment,
@@ -40,7 +41,7 @@ class SudokuTrainer(Trainer, data="sudoku"):
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
                  save_config: bool = True, data: Dataset | None = None):
-        cfg = self._init_run(cfg, run_dir)
+        cfg = self._init_run(cfg, run_dir, writes=save_config)
         name, _ = split_named(cfg.data)
         if name != "sudoku":
             raise ConfigError(f"SudokuTrainer needs data=sudoku, got {name!r}")
@@ -171,10 +172,11 @@ class SudokuTrainer(Trainer, data="sudoku"):
             "train_steps": self.step,
             "final_loss": self.loss_history[-1] if self.loss_history else None,
         }
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        io.write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         if e.plot:
             from scorekit.evaluation.plotting import sudoku_plot
 
             sudoku_plot(per_clue, examples, out_dir / "samples.png",
-                        loss_history=self.loss_history or None)
+                        loss_history=self.loss_history or None,
+                        log_every=self.cfg.trainer.log_every)
         return metrics

@@ -21,6 +21,7 @@ import copy
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +35,7 @@ from scorekit._validate import check_kwargs
 from scorekit.data import Dataset, make_dataset
 from scorekit.data.reference import REFERENCE, load_reference, save_reference
 from scorekit.evaluation.sampling import SamplingMixin
+from scorekit.lock import DirLock, LockHeld
 from scorekit.nets import make_model
 from scorekit.objectives import make_objective
 from scorekit.processes import make_sde
@@ -47,6 +49,7 @@ from scorekit.training.checkpoint import (
 )
 from scorekit.training.config import ConfigError, compose, split_named, validate
 from scorekit.training.loggers import WandbLogger
+from scorekit.training.resume import leftovers, resume_config
 from scorekit.training.signals import SignalFlag, StopRequested
 from scorekit.training.step import StepMixin
 
@@ -54,6 +57,7 @@ from scorekit.training.step import StepMixin
 _MODEL_DEFINING = ("data", "sde", "model")
 CKPT_NAME = "last.safetensors"
 PREV_NAME = "prev.safetensors"  # the checkpoint before `last`, kept for a corrupted `last`
+ALLOW_NEW = "allow_new"  # trainer.resume value: resume, or start here even over other files
 CLOSED_FORM = "closed_form"  # model name of the training-free EmpiricalScore
 
 
@@ -86,7 +90,7 @@ class Trainer(StepMixin, SamplingMixin):
 
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
                  save_config: bool = True, data: Dataset | None = None):
-        cfg = self._init_run(cfg, run_dir)
+        cfg = self._init_run(cfg, run_dir, writes=save_config)
         self.data = data if data is not None else self._make_data(cfg)
         self.train_x = self.data.train.to(self.device, self.dtype)
         name, params = split_named(cfg.sde)
@@ -125,17 +129,63 @@ class Trainer(StepMixin, SamplingMixin):
         if self.dist.is_main and not path.is_file():
             save_reference(self.data, path, seed=self.cfg.seed)
 
-    def _init_run(self, cfg: DictConfig | dict, run_dir: str | Path | None) -> DictConfig:
+    def _init_run(self, cfg: DictConfig | dict, run_dir: str | Path | None,
+                  writes: bool = True) -> DictConfig:
         """Validated config, ranks, device, run directory (rank 0's) and dtype (shared by every
-        trainer)."""
+        trainer). A trainer that `writes` (trains) holds the run dir's lock, removes what
+        killed writers left there and, when resuming, continues the run's own config
+        (`scorekit.training.resume`); nothing else is written yet."""
         self.cfg = validate(cfg)
         self.dist = distributed.init_from_env()
         self.device = distributed.resolve_device(self.cfg.device, self.dist)
         run_dir = str(run_dir if run_dir is not None else Path.cwd())
         self.run_dir = Path(self.dist.broadcast_str(run_dir, self.device))
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"run dir {self.run_dir} exists and is not a directory")
+        self.lock: DirLock | None = None
+        self.log_path: Path | None = None  # where `_print` appends; set once training may write
+        if writes:
+            self.cfg = self._resume_base(self.cfg)  # reads only
+            error = None
+            if self.dist.is_main:
+                try:
+                    self.lock = DirLock(self.run_dir, "run dir").acquire()
+                    for folder in (self.run_dir, self.run_dir / "checkpoints"):
+                        io.remove_stale_temps(folder)
+                except (LockHeld, OSError) as err:
+                    error = err
+            self.dist.agree(error, f"locking the run dir {self.run_dir}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dtype = getattr(torch, self.cfg.dtype)
         return self.cfg
+
+    def _resumes_here(self) -> bool:
+        return self.cfg.trainer.resume in (True, "true", ALLOW_NEW)
+
+    def _resume_base(self, cfg: DictConfig) -> DictConfig:
+        """`trainer.resume=true` with a checkpoint here: the run's config.yaml with the given
+        resumable values (others must agree). Without one: refuse a run dir that holds more
+        than a run's start-up files, unless `trainer.resume=allow_new`."""
+        resume = cfg.trainer.resume
+        if resume not in (True, "true", ALLOW_NEW):
+            return cfg
+        if not (self.ckpt_path.exists() or self.ckpt_path.with_name(PREV_NAME).exists()):
+            extra = leftovers(self.run_dir)
+            if extra and resume != ALLOW_NEW:
+                raise ConfigError(
+                    f"trainer.resume=true, but {self.run_dir} has no checkpoint "
+                    f"(checkpoints/{CKPT_NAME} or {PREV_NAME}) and holds {extra[:6]}: a "
+                    f"resumed run would start from step 0 over them. Set "
+                    f"trainer.resume={ALLOW_NEW} to start there anyway, or use another run dir")
+            return cfg
+        stored = self.run_dir / "config.yaml"
+        if not stored.is_file():  # the checkpoint's own config is checked when it loads
+            return cfg
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(stored))
+        except Exception as err:  # noqa: BLE001 - any YAML or OmegaConf error
+            raise ConfigError(f"cannot read {stored} to resume: {err}") from None
+        return validate(resume_config(saved, OmegaConf.to_container(cfg), self.run_dir))
 
     def _init_training(self, save_config: bool) -> None:
         """EMA, optimizer, RNGs, counters and step set-up for `self.model` (built by the
@@ -155,12 +205,27 @@ class Trainer(StepMixin, SamplingMixin):
         self.train_time = 0.0
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
         self._sampler_checked = False  # the sampler section's dry run, once before training
+        self.checkpoint_digest: str | None = None  # of the checkpoint last loaded or saved
         self._teleports: dict[int | None, samplers.GaussianTeleport] = {}  # by teleport_rank
         if not self.closed_form:
             self._init_step()
+            if save_config and self.cfg.trainer.resume not in (False, None, "false"):
+                self._release_on_error(self._maybe_resume)  # loads before anything is written
+        if save_config and self.step < self.cfg.trainer.steps:
+            self._release_on_error(self.check_sampler)  # a bad option fails before training
         if save_config and self.dist.is_main:
+            self.log_path = self.run_dir / "train.log"
             io.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
             self._save_reference()
+
+    def _release_on_error(self, check: Callable[[], None]) -> None:
+        """Run a check of the constructor; on failure the run dir's lock goes with the error."""
+        try:
+            check()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
 
     def _check_in_box(self) -> None:
         """A reflected process lives on its box: the training data must lie in it."""
@@ -180,6 +245,9 @@ class Trainer(StepMixin, SamplingMixin):
     def _checkpoint_file(path: str | Path) -> Path:
         """A checkpoint file, or a run dir's `checkpoints/last.safetensors`."""
         path = Path(path)
+        if path.is_dir() and path.suffix in (".safetensors", ".pt", ".pth"):
+            raise io.CheckpointError(f"{path} is a directory, not a checkpoint file (a run dir "
+                                     f"is given by its own path)")
         return path / "checkpoints" / CKPT_NAME if path.is_dir() else path
 
     @staticmethod
@@ -197,6 +265,7 @@ class Trainer(StepMixin, SamplingMixin):
         if self.dist.is_main:
             tensors, meta = self._checkpoint_state()
             io.save(path, tensors, meta, previous=self._previous_of(path))
+            self.checkpoint_digest = io.digest_of(path)
         self.dist.barrier()
         return path
 
@@ -214,6 +283,7 @@ class Trainer(StepMixin, SamplingMixin):
             tensors["losses.pending"] = torch.stack(self._losses)
         meta = {"step": self.step, "loss_history": self.loss_history, "optim": opt_meta,
                 "config": self._model_config(), "train_time": self.train_time,
+                "run_config": OmegaConf.to_container(self.cfg),
                 "skipped": self.skipped, "format": "scorekit-train-1"}
         if self.scaler.is_enabled():  # fp16 loss scale and growth counter: exact resume
             meta["scaler"] = self.scaler.state_dict()
@@ -229,7 +299,10 @@ class Trainer(StepMixin, SamplingMixin):
         """
         path = self._checkpoint_file(path)
         allow = self.cfg.trainer.allow_pickle if allow_pickle is None else allow_pickle
-        tensors, meta, used = io.load_latest(path, self._previous_of(path), allow)
+        tensors, meta, used = io.load_latest(path, self._previous_of(path), allow,
+                                             max_bytes=self._max_checkpoint_bytes(),
+                                             check=self._check_meta)
+        self.checkpoint_digest = None if io.is_pickle(used) else io.digest_of(used)
         self._resume_checked = True  # an explicit load wins over `trainer.resume`
         if "config" not in meta:  # a bare state_dict (pickle): weights without training state
             tensors = self._foreign_weights(tensors, used, weights_only)
@@ -256,6 +329,24 @@ class Trainer(StepMixin, SamplingMixin):
         self._losses = [] if pending is None else list(pending.to(self.device).unbind())
         return used
 
+    def _max_checkpoint_bytes(self) -> int:
+        """A bound on this model's checkpoint: model, EMA and two Adam moments, each in up to 8
+        bytes per element, plus room for RNG state, pending losses and the header."""
+        elements = sum(t.numel() for t in self.model.state_dict().values())
+        return 4 * 8 * elements + (64 << 20)
+
+    def _check_meta(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Types of the metadata this trainer reads (a bad one falls back to `prev`)."""
+        if "config" not in meta:
+            return  # a bare state_dict: `_foreign_weights` decides
+        ok = (isinstance(meta.get("step"), int) and meta["step"] >= 0
+              and isinstance(meta.get("loss_history"), list) and isinstance(meta["config"], dict)
+              and (self.closed_form or (isinstance(meta.get("optim"), dict)
+                                        and "rng.data" in tensors)))
+        if not ok:
+            raise io.CheckpointError(f"checkpoint metadata is malformed (step "
+                                     f"{meta.get('step')!r}, keys {sorted(meta)})")
+
     def _foreign_weights(self, tensors: dict[str, torch.Tensor], source: Path,
                          weights_only: bool) -> dict[str, torch.Tensor]:
         """Model (and EMA) tensors of a plain state_dict, keyed as in our checkpoints."""
@@ -279,12 +370,10 @@ class Trainer(StepMixin, SamplingMixin):
         resume = self.cfg.trainer.resume
         if resume is False or resume is None or resume == "false":
             return
-        path = self.ckpt_path if resume is True or resume == "true" else Path(str(resume))
-        path = self._checkpoint_file(path)
-        if path == self.ckpt_path and self.dist.is_main:
-            io.remove_stale_temps(path)  # left by a process killed while writing
+        here = self._resumes_here()
+        path = self._checkpoint_file(self.ckpt_path if here else Path(str(resume)))
         prev = self._previous_of(path)
-        if resume is True and not path.exists() and not (prev and prev.exists()):
+        if here and not path.exists() and not (prev and prev.exists()):
             self._print(f"resume: no checkpoint at {path}; starting from step 0")
             return
         used = self.load_checkpoint(path)  # every rank reads it: the run dir must be shared
@@ -330,8 +419,11 @@ class Trainer(StepMixin, SamplingMixin):
         if self.step < end and not self._sampler_checked:
             self.check_sampler()  # a bad sampler option fails now, not after training
         self.model.train()
-        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.dist.is_main),
-                   desc="train", dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not self._shows_progress())
+        # Loss lines go to train.log; to the console too when there is no bar to show them.
+        self._print(f"training steps {self.step + 1}..{end} of {t.steps} in {self.run_dir}",
+                    console=bar.disable)
         start = time.perf_counter()
         with SignalFlag() as stop, bar:
             while self.step < end:
@@ -347,6 +439,8 @@ class Trainer(StepMixin, SamplingMixin):
                     mean = float(self._check_losses(self._losses).mean())
                     self.loss_history.append(mean)
                     bar.set_postfix(loss=f"{mean:.4g}")
+                    self._print(f"step {self.step}/{t.steps}  loss {mean:.6g}  lr "
+                                f"{self._lr(self.step - 1):.4g}", console=bar.disable)
                     if logger is not None:
                         logger.log({"loss": mean, "lr": self._lr(self.step - 1)}, step=self.step)
                     self._losses = []
@@ -373,6 +467,8 @@ class Trainer(StepMixin, SamplingMixin):
         logger = WandbLogger(lg.mode if self.dist.is_main else "disabled", lg.project,
                              self.run_dir, config=OmegaConf.to_container(self.cfg),
                              name=self.cfg.name, tags=list(lg.tags))
+        if (where := logger.where()) is not None:
+            self._print(where)
         try:
             self.fit(logger=logger)
             if not self.dist.is_main:
