@@ -76,9 +76,22 @@ def _resumed(run_dir: Path) -> Trainer:
         return _train(run_dir, ["trainer.resume=true"])
 
 
+DETAIL: dict[str, str] = {}  # fault -> where the faults landed
+
+
+def _newest_step(run: Path) -> int:
+    last = run / "checkpoints" / "last.safetensors"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return io.load_latest(last, last.with_name("prev.safetensors"))[1]["step"]
+        except io.CheckpointError:
+            return 0
+
+
 def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) -> list[str]:
     ctx = multiprocessing.get_context("fork")
-    out = []
+    out, steps = [], []
     for i in range(trials):
         run = root / f"kill{i}"
         proc = ctx.Process(target=_child, args=(run,))
@@ -86,6 +99,7 @@ def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) ->
         time.sleep(rng.uniform(1.0, 4.0))
         os.kill(proc.pid, 9)
         proc.join()
+        steps.append(_newest_step(run))
         try:
             _resumed(run)
         except io.CheckpointError:
@@ -93,6 +107,7 @@ def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) ->
             continue
         out.append("identical" if _same(_state(run / "checkpoints" / "last.safetensors"), ref)
                    else "silent")
+    DETAIL["sigkill_training"] = f"newest checkpoint at the kill: step {sorted(steps)} of 40"
     return out
 
 
@@ -108,7 +123,7 @@ def sigkill_stream(root: Path, run: Path, trials: int, rng: random.Random) -> li
     Trainer.from_run_dir(run).sample_to_disk(ref_dir, n=4000, batch_size=100, seed=3)
     ref = load_samples(ref_dir)
     ctx = multiprocessing.get_context("fork")
-    out = []
+    out, done = [], []
     for i in range(trials):
         dest = root / f"stream{i}"
         proc = ctx.Process(target=_stream_child, args=(run, dest))
@@ -116,10 +131,12 @@ def sigkill_stream(root: Path, run: Path, trials: int, rng: random.Random) -> li
         time.sleep(rng.uniform(0.5, 2.5))
         os.kill(proc.pid, 9)
         proc.join()
+        done.append(len(list(dest.glob("shard-*.safetensors"))) if dest.is_dir() else 0)
         Trainer.from_run_dir(run).sample_to_disk(dest, n=4000, batch_size=100, seed=3)
         leftover = [p.name for p in dest.iterdir() if io.is_temp_name(p.name)]
         out.append("identical" if torch.equal(load_samples(dest), ref) and not leftover
                    else "silent")
+    DETAIL["sigkill_stream"] = f"shards on disk at the kill: {sorted(done)} of 40"
     return out
 
 
@@ -306,16 +323,20 @@ def main() -> None:
         faults["two trainings started at once on one run dir"] = two_writers(
             root, max(1, n // 5), ref)
         faults["run dir locked by a live process"] = live_lock(root, root / "ref")
+    keys = {"SIGKILL during training (checkpoint every 2 steps)": "sigkill_training",
+            "SIGKILL during a sample stream (40 shards)": "sigkill_stream"}
     rows = []
     for fault, outcomes in faults.items():
         counts = Counter(outcomes)
         rows.append({"fault": fault, "trials": len(outcomes),
                      "outcome": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-                     "lost": counts["lost"], "silent": counts["silent"]})
+                     "lost": counts["lost"], "silent": counts["silent"],
+                     "where": DETAIL.get(keys.get(fault, ""), "")})
     payload = {"env": _report.environment(), "rows": rows,
                "wall_time_s": time.perf_counter() - start}
     md = ("# Fault injection\n\n`python " + " ".join(sys.argv) + "`\n\n"
-          + _report.markdown_table(rows, ["fault", "trials", "outcome", "lost", "silent"])
+          + _report.markdown_table(rows, ["fault", "trials", "outcome", "lost", "silent",
+                                          "where"])
           + "\n\nOutcomes: identical = resumed / completed bit for bit as the uninterrupted run; "
           "refused = the damaged file is refused and the intact prev loads; locked-out = the "
           "second writer stops naming the holder, nothing written. lost / silent are failures."
