@@ -41,7 +41,7 @@ from scorekit.config import compose  # noqa: E402
 from scorekit.lock import LockHeld  # noqa: E402
 from scorekit.train import Trainer  # noqa: E402
 
-TINY = ["trainer.steps=40", "trainer.ckpt_every=2", "trainer.log_every=5",
+TINY = ["trainer.steps=200", "trainer.ckpt_every=2", "trainer.log_every=5",
         "trainer.batch_size=64", "trainer.progress=false", "model.hidden=32", "model.depth=2",
         "data.n_train=2000", "data.n_test=500", "eval.n_samples=200", "eval.plot=false",
         "sampler.steps=10"]
@@ -89,14 +89,16 @@ def _newest_step(run: Path) -> int:
             return 0
 
 
-def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) -> list[str]:
+def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random,
+                     duration: float) -> list[str]:
+    """Kill after a uniform fraction of an uninterrupted run's wall time (`duration`)."""
     ctx = multiprocessing.get_context("fork")
     out, steps = [], []
     for i in range(trials):
         run = root / f"kill{i}"
         proc = ctx.Process(target=_child, args=(run,))
         proc.start()
-        time.sleep(rng.uniform(1.0, 4.0))
+        time.sleep(rng.uniform(0.05, 0.95) * duration)
         os.kill(proc.pid, 9)
         proc.join()
         steps.append(_newest_step(run))
@@ -107,20 +109,27 @@ def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) ->
             continue
         out.append("identical" if _same(_state(run / "checkpoints" / "last.safetensors"), ref)
                    else "silent")
-    DETAIL["sigkill_training"] = f"newest checkpoint at the kill: step {sorted(steps)} of 40"
+    DETAIL["sigkill_training"] = f"newest checkpoint at the kill: step {sorted(steps)} of 200"
     return out
+
+
+STREAM_N = 40_000
 
 
 def _stream_child(run: Path, out: Path) -> None:
     torch.set_num_threads(1)
-    Trainer.from_run_dir(run).sample_to_disk(out, n=4000, batch_size=100, seed=3)
+    Trainer.from_run_dir(run).sample_to_disk(out, n=STREAM_N, batch_size=STREAM_N // 40,
+                                             seed=3)
 
 
 def sigkill_stream(root: Path, run: Path, trials: int, rng: random.Random) -> list[str]:
     from samplers.stream import load_samples
 
     ref_dir = root / "stream_ref"
-    Trainer.from_run_dir(run).sample_to_disk(ref_dir, n=4000, batch_size=100, seed=3)
+    start = time.perf_counter()
+    Trainer.from_run_dir(run).sample_to_disk(ref_dir, n=STREAM_N, batch_size=STREAM_N // 40,
+                                             seed=3)
+    duration = time.perf_counter() - start
     ref = load_samples(ref_dir)
     ctx = multiprocessing.get_context("fork")
     out, done = [], []
@@ -128,11 +137,12 @@ def sigkill_stream(root: Path, run: Path, trials: int, rng: random.Random) -> li
         dest = root / f"stream{i}"
         proc = ctx.Process(target=_stream_child, args=(run, dest))
         proc.start()
-        time.sleep(rng.uniform(0.5, 2.5))
+        time.sleep(rng.uniform(0.05, 0.95) * duration)
         os.kill(proc.pid, 9)
         proc.join()
         done.append(len(list(dest.glob("shard-*.safetensors"))) if dest.is_dir() else 0)
-        Trainer.from_run_dir(run).sample_to_disk(dest, n=4000, batch_size=100, seed=3)
+        Trainer.from_run_dir(run).sample_to_disk(dest, n=STREAM_N, batch_size=STREAM_N // 40,
+                                                 seed=3)
         leftover = [p.name for p in dest.iterdir() if io.is_temp_name(p.name)]
         out.append("identical" if torch.equal(load_samples(dest), ref) and not leftover
                    else "silent")
@@ -153,17 +163,17 @@ def _enospc_on(target, calls_until_fail: int):
 
 def disk_full(root: Path, ref: tuple) -> list[str]:
     """ENOSPC in the data write, the last -> prev rotation and the final rename of the
-    checkpoint at step 20; the run is then resumed to the end."""
+    checkpoint at step 100; the run is then resumed to the end."""
     out = []
     for name, (obj, attr, n) in {"write": (io, "write_safetensors", 1),
                                  "rotate": (io.os, "replace", 1),
                                  "rename": (io.os, "replace", 2)}.items():
         run = root / f"enospc_{name}"
-        tr = _train(run, until=18)
+        tr = _train(run, until=98)
         real = getattr(obj, attr)
         setattr(obj, attr, _enospc_on(real, n))
         try:
-            tr.fit(until=20)
+            tr.fit(until=100)
         except OSError:
             pass
         finally:
@@ -312,10 +322,12 @@ def main() -> None:
     start = time.perf_counter()
     with TemporaryDirectory() as tmp:
         root = Path(tmp)
+        start = time.perf_counter()
         ref_run = _train(root / "ref")
+        duration = time.perf_counter() - start
         ref = _state(ref_run.ckpt_path)
         faults = {"SIGKILL during training (checkpoint every 2 steps)":
-                  sigkill_training(root, n, ref, rng),
+                  sigkill_training(root, n, ref, rng, duration),
                   "SIGKILL during a sample stream (40 shards)":
                   sigkill_stream(root, root / "ref", max(2, n // 2), rng),
                   "ENOSPC in checkpoint write / rotate / rename": disk_full(root, ref)}
