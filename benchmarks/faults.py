@@ -89,10 +89,14 @@ def _newest_step(run: Path) -> int:
             return 0
 
 
-def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random,
-                     duration: float) -> list[str]:
-    """Kill after a uniform fraction of an uninterrupted run's wall time (`duration`)."""
+def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) -> list[str]:
+    """Kill after a uniform fraction of the wall time of an uninterrupted child's run."""
     ctx = multiprocessing.get_context("fork")
+    start = time.perf_counter()
+    proc = ctx.Process(target=_child, args=(root / "timed",))
+    proc.start()
+    proc.join()
+    duration = time.perf_counter() - start
     out, steps = [], []
     for i in range(trials):
         run = root / f"kill{i}"
@@ -322,12 +326,9 @@ def main() -> None:
     start = time.perf_counter()
     with TemporaryDirectory() as tmp:
         root = Path(tmp)
-        start = time.perf_counter()
-        ref_run = _train(root / "ref")
-        duration = time.perf_counter() - start
-        ref = _state(ref_run.ckpt_path)
+        ref = _state(_train(root / "ref").ckpt_path)
         faults = {"SIGKILL during training (checkpoint every 2 steps)":
-                  sigkill_training(root, n, ref, rng, duration),
+                  sigkill_training(root, n, ref, rng),
                   "SIGKILL during a sample stream (40 shards)":
                   sigkill_stream(root, root / "ref", max(2, n // 2), rng),
                   "ENOSPC in checkpoint write / rotate / rename": disk_full(root, ref)}
