@@ -102,7 +102,7 @@ TABLES = [
            ["scripts/benchmark.py", "suite=fd_nfe", f"ckpt={_DIGITS_EDM}_quick", "quick=true",
             "n=100", "seeds=1", "name=fd_nfe_digits_edm"]], 45,
           "12 min of training, then every sampler's FD vs NFE"),
-    Table("faults", [["benchmarks/faults.py"]], [["benchmarks/faults.py", "--quick"]], 6,
+    Table("faults", [["benchmarks/faults.py"]], [["benchmarks/faults.py", "--quick"]], 2,
           "SIGKILL, ENOSPC, bit flips, truncation, edited metadata, two writers"),
     Table("mutation", [["tests/mutation"]],
           [["tests/mutation", "--only", "nfe_counter_bypassed,seed_streams_shared_counter"]], 6,
