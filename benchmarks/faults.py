@@ -89,6 +89,17 @@ def _newest_step(run: Path) -> int:
             return 0
 
 
+def _resume_outcome(run: Path, ref: tuple) -> str:
+    """Resume the run to its end: `identical` to the uninterrupted state, `silent` if not,
+    `lost` if no checkpoint loads."""
+    try:
+        _resumed(run)
+    except io.CheckpointError:
+        return "lost"
+    return "identical" if _same(_state(run / "checkpoints" / "last.safetensors"), ref) \
+        else "silent"
+
+
 def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) -> list[str]:
     """Kill after a uniform fraction of the wall time of an uninterrupted child's run."""
     ctx = multiprocessing.get_context("fork")
@@ -106,13 +117,7 @@ def sigkill_training(root: Path, trials: int, ref: tuple, rng: random.Random) ->
         os.kill(proc.pid, 9)
         proc.join()
         steps.append(_newest_step(run))
-        try:
-            _resumed(run)
-        except io.CheckpointError:
-            out.append("lost")
-            continue
-        out.append("identical" if _same(_state(run / "checkpoints" / "last.safetensors"), ref)
-                   else "silent")
+        out.append(_resume_outcome(run, ref))
     DETAIL["sigkill_training"] = f"newest checkpoint at the kill: step {sorted(steps)} of 200"
     return out
 
@@ -182,13 +187,7 @@ def disk_full(root: Path, ref: tuple) -> list[str]:
             pass
         finally:
             setattr(obj, attr, real)
-        try:
-            _resumed(run)
-        except io.CheckpointError:
-            out.append("lost")
-            continue
-        out.append("identical" if _same(_state(run / "checkpoints" / "last.safetensors"), ref)
-                   else "silent")
+        out.append(_resume_outcome(run, ref))
     return out
 
 

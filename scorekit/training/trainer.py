@@ -421,9 +421,9 @@ class Trainer(StepMixin, SamplingMixin):
         self.model.train()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not self._shows_progress())
-        # Loss lines go to train.log; to the console too when there is no bar to show them.
-        self._print(f"training steps {self.step + 1}..{end} of {t.steps} in {self.run_dir}",
-                    console=bar.disable)
+        if self.step < end:  # loss lines go to train.log; to the console when no bar shows
+            self._print(f"training steps {self.step + 1}..{end} of {t.steps} in "
+                        f"{self.run_dir}", console=bar.disable)
         start = time.perf_counter()
         with SignalFlag() as stop, bar:
             while self.step < end:
