@@ -45,6 +45,9 @@ def _main(cfg: DictConfig) -> None:
 def _run(cfg: DictConfig, trainer: Trainer, out_dir: str) -> None:
     sampler = cfg.get("sampler") or trainer.cfg.sampler
     if cfg.out is not None:
+        shards = -(-cfg.n // cfg.batch)
+        trainer._print(f"streaming {cfg.n} samples in {shards} shards of {cfg.batch} into "
+                       f"{cfg.out} (shards already there are kept)")
         res = trainer.sample_to_disk(cfg.out, n=cfg.n, batch_size=cfg.batch, sampler=sampler,
                                      use_ema=cfg.use_ema, seed=cfg.seed, progress=cfg.progress)
         if trainer.dist.is_main:
