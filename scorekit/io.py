@@ -37,6 +37,7 @@ _META_KEY = "scorekit"
 # SHA-256 over the whole file's content: every header entry but this one (the JSON metadata
 # included) and every tensor's name, dtype, shape and bytes. A file without it is refused.
 _DIGEST_KEY = "scorekit_sha256"
+_LEGACY_KEY = "sha256"  # earlier files: a checksum over the tensors only (`upgrade` converts)
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                 "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -252,8 +253,11 @@ def load(path: str | Path, allow_pickle: bool = False, max_bytes: int | None = N
     if _META_KEY not in header:
         raise CheckpointError(f"{path} is a safetensors file but not a scorekit checkpoint")
     if _DIGEST_KEY not in header:
+        hint = (f"; it looks like a file of an earlier version (tensor-only checksum): check "
+                f"and convert it with `python -c \"from scorekit import io; "
+                f"io.upgrade('{path}')\"`" if _LEGACY_KEY in header else "")
         raise CheckpointError(f"checkpoint {path} is corrupted or too old: it has no "
-                              f"'{_DIGEST_KEY}' checksum over its tensors and metadata")
+                              f"'{_DIGEST_KEY}' checksum over its tensors and metadata{hint}")
     declared = path.stat().st_size
     if max_bytes is not None and declared > max_bytes:
         raise CheckpointError(f"checkpoint {path} holds {declared} bytes, more than the "
@@ -275,6 +279,23 @@ def load(path: str | Path, allow_pickle: bool = False, max_bytes: int | None = N
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path} has metadata that is not a JSON object")
     return tensors, meta
+
+
+def upgrade(path: str | Path) -> None:
+    """Rewrite a file of an earlier version (a checksum over its tensors only) with the
+    whole-file checksum, after verifying its tensors against their checksum. Its metadata
+    cannot be verified: only upgrade files you have not edited."""
+    path = Path(path)
+    header = read_header(path).get("__metadata__") or {}
+    if _DIGEST_KEY in header:
+        return
+    if _META_KEY not in header or _LEGACY_KEY not in header:
+        raise CheckpointError(f"{path} is not a scorekit file of an earlier version")
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k).clone() for k in fh.keys()}
+    if tensor_digest(tensors) != header[_LEGACY_KEY]:
+        raise CheckpointError(f"{path} is corrupted: its tensor checksum does not match")
+    save(path, tensors, json.loads(header[_META_KEY]))
 
 
 def load_latest(path: str | Path, previous: str | Path | None = None, allow_pickle: bool = False,

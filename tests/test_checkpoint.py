@@ -184,3 +184,28 @@ def test_pickle_needs_opt_in_and_never_runs_code(tmp_path):
     torch.save({"w": sd["w"]}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     with pytest.raises(ckpt.CheckpointError, match="pickle"):
         ckpt.load(tmp_path / "legacy.pt")
+
+
+def test_file_of_an_earlier_version_is_refused_then_upgraded(tmp_path):
+    """A file with the earlier tensor-only checksum is refused with the upgrade hint;
+    `upgrade` verifies its tensors and rewrites it with the whole-file checksum."""
+    import hashlib
+    import json
+
+    tensors, meta = _state(3)
+    h = hashlib.sha256()
+    for name in sorted(tensors):  # the earlier checksum, written out from its definition
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    path = tmp_path / "old.safetensors"
+    save_file(tensors, str(path), metadata={"scorekit": json.dumps(meta), "sha256": h.hexdigest()})
+    with pytest.raises(ckpt.CheckpointError, match="earlier version.*io.upgrade"):
+        ckpt.load(path)
+    ckpt.upgrade(path)
+    loaded, loaded_meta = ckpt.load(path)
+    assert loaded_meta == meta and torch.equal(loaded["w"], tensors["w"])
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"scorekit": json.dumps(meta), "sha256": "0" * 64})
+    with pytest.raises(ckpt.CheckpointError, match="corrupted"):
+        ckpt.upgrade(bad)

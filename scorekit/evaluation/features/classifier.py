@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -96,8 +97,12 @@ def load_or_train(path: str | Path | None = None) -> tuple[DigitsCNN, dict]:
     from scorekit import io
 
     path = Path(path) if path is not None else default_path()
-    if path.exists():
-        tensors, meta = io.load(path)
+    try:
+        tensors, meta = io.load(path) if path.exists() else (None, None)
+    except io.CheckpointError as err:  # unreadable or of an earlier version: retrain it
+        warnings.warn(f"{err}; retraining the classifier", stacklevel=2)
+        tensors = None
+    if tensors is not None:
         if meta.get("settings") != SETTINGS:
             raise ValueError(f"classifier weights {path} were trained with settings "
                              f"{meta.get('settings')}, expected {SETTINGS}; delete the file")
