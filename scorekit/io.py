@@ -145,9 +145,9 @@ def write_safetensors(tensors: dict[str, Tensor], path: str, metadata: dict[str,
 
 
 def save(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any],
-         previous: str | Path | None = None) -> None:
+         previous: str | Path | None = None) -> str:
     """Write `tensors` + JSON `meta` to `path` atomically (temp file in the same dir + rename),
-    with a checksum over both.
+    with a checksum over both; returns that checksum.
 
     previous: where the current `path` (if any) is moved just before the new file takes its
     place, so the two newest checkpoints survive any single interrupted or failed write.
@@ -157,6 +157,7 @@ def save(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any],
     header[_DIGEST_KEY] = file_digest(header, flat)
     _atomic_write(Path(path), lambda tmp: write_safetensors(flat, tmp, metadata=header),
                   None if previous is None else Path(previous))
+    return header[_DIGEST_KEY]
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

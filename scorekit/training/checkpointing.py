@@ -72,8 +72,8 @@ class CheckpointMixin:
         path = Path(path) if path is not None else self.ckpt_path
         if self.dist.is_main:
             tensors, meta = self._checkpoint_state()
-            io.save(path, tensors, meta, previous=self._previous_of(path))
-            self.checkpoint_digest = io.digest_of(path)
+            self.checkpoint_digest = io.save(path, tensors, meta,
+                                             previous=self._previous_of(path))
         self.dist.barrier()
         return path
 
