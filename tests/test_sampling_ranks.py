@@ -204,7 +204,9 @@ def test_torchrun_sample_script_equals_one_process(mlp_run, tmp_path):
     script = str(root / "scripts" / "sample.py")
     args = [f"run_dir={mlp_run}", "n=50", "batch=8", "progress=false"]
     proc = _torchrun([script, *args, f"out={tmp_path / 'two'}"], tmp_path)
-    assert proc.stdout.count("50 samples in 7 shards") == 1  # rank 0 alone reports
+    lines = proc.stdout.splitlines()  # rank 0 alone announces the stream and reports on it
+    assert sum(line.startswith("streaming 50 samples in 7 shards") for line in lines) == 1
+    assert sum(line.startswith("50 samples in 7 shards") for line in lines) == 1
     _torchrun([script, *args, f"out={tmp_path / 'one'}"], tmp_path, nproc=1)
     two, one = samplers.load_samples(tmp_path / "two"), samplers.load_samples(tmp_path / "one")
     assert two.shape == (50, 2) and torch.equal(one, two)
