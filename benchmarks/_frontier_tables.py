@@ -97,7 +97,11 @@ def adaptive_vs_em(summary: list[dict]) -> list[dict]:
 def report(payload: dict, max_seeds: dict[str, int]) -> str:
     env = payload["env"]
     md = [f"# Sampler frontier{' (quick)' if payload['quick'] else ''}", "",
-          f"commit {env['commit']}{' (dirty)' if env.get('dirty') else ''}; command "
+          f"commit {env['commit']}{' (dirty)' if env.get('dirty') else ''}"
+          + (f" (blocks measured at {', '.join(payload['block_commits'])}; same code, "
+             f"fingerprint {payload['code_fingerprint']})"
+             if payload.get("block_commits", [env["commit"]]) != [env["commit"]] else "")
+          + "; command "
           f"`{env.get('command', '')}`; torch {env['torch']}; k-diffusion "
           f"{payload['k_diffusion']}; {payload['seeds']} seed(s)"
           + "".join(f", {t}: {k}" for t, k in max_seeds.items() if k < payload["seeds"])

@@ -73,6 +73,23 @@ def environment() -> dict[str, Any]:
     return env
 
 
+MEASURED = ("samplers", "scorekit", "benchmarks", CODE_ONLY)
+
+
+def code_fingerprint() -> str:
+    """A hash of the code a benchmark measures: the blob ids of every tracked file under
+    samplers/, scorekit/ and benchmarks/ (results excluded), the uncommitted diff of
+    those paths and the versions of torch and the peers. Equal fingerprints at two commits mean
+    that the same code ran: a long benchmark may then keep blocks measured at the earlier
+    commit (recording which). "unknown" outside a git checkout: nothing is reused then."""
+    tree = _git("ls-files", "--stage", "--", *MEASURED)
+    if not tree:
+        return "unknown"
+    diff = _git("diff", "HEAD", "--", *MEASURED)
+    parts = [tree, diff, torch.__version__, json.dumps(_versions(), sort_keys=True)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):

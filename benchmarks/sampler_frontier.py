@@ -22,7 +22,8 @@ The Gaussians are sampled in their eigenbasis by the fixed-step solvers (the sam
 per call: `DiagonalGaussianScore`). Output: results/<name>.{json,md,png}: a table per target and
 process, the frontier (best of ours vs best peer per NFE, with standard errors over seeds), the
 tuned grids' gain over the best fixed grid and a Pareto plot. Resumable per (target, process,
-seed) block (`<name>.partial.json`).
+seed) block (`<name>.partial.json`) while the measured code is unchanged; the table lists the
+commits its blocks ran at.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from benchmarks._frontier_tables import (  # noqa: E402
     report,
     summarise,
 )
-from benchmarks._report import RESULTS, environment, write  # noqa: E402
+from benchmarks._report import RESULTS, code_fingerprint, environment, write  # noqa: E402
 from scorekit import io  # noqa: E402
 from scorekit.data.synthetic import gmm_params  # noqa: E402
 from scorekit.processes import Process  # noqa: E402
@@ -277,10 +278,15 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
     name = name or ("sampler_frontier_quick" if quick else "sampler_frontier")
     out = Path(out_dir) if out_dir else RESULTS
     partial = out / f"{name}.partial.json"
-    config = {"quick": quick, "nfe_grid": nfe_grid, "labels": labels}
+    # Blocks are kept only while the measured code is the same (`code_fingerprint`): a rerun
+    # after a commit that leaves samplers/, scorekit/ and benchmarks/ alone finishes the
+    # table; any change to them starts over. Each block records the commit it ran at.
+    config = {"quick": quick, "nfe_grid": nfe_grid, "labels": labels,
+              "code": code_fingerprint()}
     done = json.loads(partial.read_text()) if partial.is_file() else {}
     if done.get("config") != config:
-        done = {"config": config, "blocks": {}}
+        done = {"config": config, "blocks": {}, "commits": {}}
+    commit = environment()["commit"]
     for tname in targets:
         for sde_name in sdes:
             sde = SDES[sde_name]()
@@ -320,19 +326,22 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
                                                 grids.get(RUNS[label][0], {}), seed)
                         if not part:
                             rows += _peer_rows(target, nfe_grid, x_t, seed, quick)
-                    done["blocks"][_key(sde_name, tname, seed, part)] = [{**base, **r}
-                                                                         for r in rows]
+                    key = _key(sde_name, tname, seed, part)
+                    done["blocks"][key] = [{**base, **r} for r in rows]
+                    done["commits"][key] = commit
                     out.mkdir(parents=True, exist_ok=True)
                     io.write_text_atomic(partial, json.dumps(done))
                 if missing:
                     what = ", ".join(part or "main" for part in missing)
                     print(f"{sde_name} {tname} seed {seed} ({what}): "
                           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    rows = [r for key, block in done["blocks"].items() for r in block
-            if key.split("/")[0] in sdes and key.split("/")[1] in targets
-            and int(key.split("/")[2]) < seeds]
+    used = [key for key in done["blocks"] if key.split("/")[0] in sdes
+            and key.split("/")[1] in targets and int(key.split("/")[2]) < seeds]
+    rows = [r for key in used for r in done["blocks"][key]]
     payload = {"quick": quick, "targets": targets, "sdes": sdes, "seeds": seeds,
                "nfe_grid": nfe_grid, "rows": rows, "env": environment(),
+               "code_fingerprint": config["code"],
+               "block_commits": sorted({done["commits"][key] for key in used}),
                "k_diffusion": _peers.kd_version()}
     payload["summary"] = summarise(rows)
     payload["frontier"] = frontier(payload["summary"], nfe_grid)

@@ -98,6 +98,7 @@ def test_fd_nfe_logs_table_and_plot_to_wandb_offline(tiny_run, tmp_path, monkeyp
     assert b"fd_vs_nfe" in logged and b"fd/em" in logged
 
 
+@pytest.mark.slow
 def test_fd_nfe_under_torchrun_matches_one_process(tiny_run, tmp_path):
     """Two gloo ranks split every setting's samples by index and merge the feature
     statistics; rank 0 alone writes. The samples equal one process's up to the UNet's

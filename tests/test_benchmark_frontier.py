@@ -89,3 +89,31 @@ def test_quick_run_writes_tables_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(sf, "_registered", lambda *a, **k: pytest.fail("resampled"))
     again = sf.run(quick=True, out_dir=str(tmp_path))
     assert len(again["rows"]) == len(payload["rows"])
+    assert again["block_commits"] == [again["env"]["commit"]]
+    # other measured code (another fingerprint): nothing is reused
+    monkeypatch.setattr(sf, "code_fingerprint", lambda: "other code")
+    with pytest.raises(pytest.fail.Exception, match="resampled"):
+        sf.run(quick=True, out_dir=str(tmp_path))
+
+
+def test_code_fingerprint_follows_the_measured_files_and_their_diff(monkeypatch):
+    from benchmarks import _report
+
+    calls = []
+
+    def fake_git(*args):
+        calls.append(args)
+        return {"ls-files": state["tree"], "diff": state["diff"]}[args[0]]
+
+    monkeypatch.setattr(_report, "_git", fake_git)
+    state = {"tree": "100644 aaa 0\tsamplers/api.py", "diff": ""}
+    first = _report.code_fingerprint()
+    assert _report.code_fingerprint() == first
+    assert all("samplers" in a and "scorekit" in a and ":(exclude)benchmarks/results" in a
+               for a in calls)
+    state["diff"] = "-x\n+y"
+    assert _report.code_fingerprint() != first
+    state.update(tree="100644 bbb 0\tsamplers/api.py", diff="")
+    assert _report.code_fingerprint() != first
+    state["tree"] = ""  # not a git checkout
+    assert _report.code_fingerprint() == "unknown"

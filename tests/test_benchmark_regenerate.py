@@ -51,6 +51,7 @@ def test_environment_records_diff_hash_when_dirty(monkeypatch):
     assert "diff_sha256" not in _report.environment()
 
 
+@pytest.mark.slow
 def test_quick_table_goes_to_the_quick_folder(tmp_path):
     """One real table through the suite: its results land in out_dir with provenance."""
     proc = subprocess.run([sys.executable, "scripts/benchmark.py", "suite=all", "quick=true",

@@ -26,7 +26,7 @@ def _image_folder(root: Path, n: int = 12) -> Path:
 
 @pytest.mark.parametrize("experiment, shape", [
     ("digits_vp", (1, 8, 8)), ("digits_edm", (1, 8, 8)), ("patches_edm", (1, 16, 16)),
-    ("cifar10_edm", (3, 32, 32))])
+    pytest.param("cifar10_edm", (3, 32, 32), marks=pytest.mark.slow)])
 def test_image_experiment_builds_and_steps(experiment, shape, tmp_path):
     extra = ["trainer.batch_size=4", "trainer.progress=false", "device=cpu"]
     if experiment == "cifar10_edm":

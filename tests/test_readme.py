@@ -3,11 +3,13 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_tour_runs_and_states_its_values(tmp_path, monkeypatch):
     """Run the tour statement by statement; after each statement whose lines carry a comment
     `NFE = N`, the result it names has exactly that NFE; the stop, t_start and gain comments
@@ -67,6 +69,7 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_training_objectives_and_dirichlet_blocks_run(tmp_path, monkeypatch):
     """The other Python blocks, verbatim: training from Python (500 digits steps, its metrics
     and reload), the objectives beyond DSM and the Dirichlet/Sudoku block (NFE = 400)."""
@@ -104,6 +107,7 @@ _REPLACE = [(r"trainer\.steps=\d+ ?", ""), (r"sampler\.steps=200", "sampler.step
 _SKIP = ("cifar10", "digits_edm", "digits_vp", "patches_edm", "sudoku", "benchmark.py")
 
 
+@pytest.mark.slow
 def test_readme_tour_commands_run(tmp_path):
     """Every Tour command that finishes in under a minute, in README order (the resume line
     creates outputs/run1 for the sampling lines), with fewer steps and samples."""

@@ -167,6 +167,7 @@ def test_lowdim_selection_bias_removed_by_bridge():
     assert ratio["fresh"] > 1.3, ratio
 
 
+@pytest.mark.slow
 def test_gauss_highd_nfe_and_covariance():
     """§3.4 ggf_gauss_highd: d = 64, VP, rel_tol 0.01: mean NFE < 400 and relative Frobenius
     covariance error <= the EM-1000 chain's exact bias + the same metric for exact p_eps draws

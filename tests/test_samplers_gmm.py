@@ -22,6 +22,7 @@ def _mode_stats(x, labels, k):
     return xs.shape[0], xs.mean(0), torch.cov(xs.T)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sde,method,opts",
     [(VPSDE(), "em", {}), (VPSDE(), "pc", {"snr": 0.01}), (VESDE(), "pc", {})],

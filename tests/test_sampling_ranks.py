@@ -197,6 +197,7 @@ def mlp_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_torchrun_sample_script_equals_one_process(mlp_run, tmp_path):
     """`torchrun --nproc_per_node=2 scripts/sample.py out=...` writes the same files as one
     process: each shard is the same batch, computed by whichever rank owns it."""

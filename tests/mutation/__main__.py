@@ -1,10 +1,11 @@
 """Run the mutation list: `python tests/mutation [--only a,b] [--out DIR]`.
 
 For each mutation of `mutations.MUTATIONS`: copy the tracked tree once to a temporary
-directory, write the mutated file there, run `pytest -x` on the mutation's test files in that
-copy (so imports resolve to the copy), restore the file, and record whether a test failed
-(caught), which one, and the time taken. The unmutated copy must pass those tests first.
-Writes <out>/mutation.{json,md} (default benchmarks/results/).
+directory, write the mutated file there, run `pytest -x -m "not mutation"` (slow tests
+included) on the mutation's test files in that copy (so imports resolve to the copy), restore
+the file, and record whether a test failed (caught), which one, and the time taken. The
+unmutated copy must pass those tests first. Writes <out>/mutation.{json,md} (default
+benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _pytest(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, st
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                               "no:cacheprovider", *tests], cwd=copy, env=env,
+                               "no:cacheprovider", "-m", "not mutation", *tests], cwd=copy, env=env,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1, "timeout", time.perf_counter() - start
