@@ -14,7 +14,8 @@ device (`benchmarks._report.environment`). `regenerate.{json,md}` in the output 
 each table's commands, outcome and wall time (a call with `only=` keeps the other tables' rows
 from earlier calls); `est_min` is the full run's wall time on a 2-core CPU: measured for the
 tables regenerated so far (closed_form, fkc_anneal, sample_ranks, nfe_quality_vp,
-nfe_quality_ve, nfe_quality_vp_teleport, nfe_quality_vp_ggf_d256, mutation, faults), an
+nfe_quality_ve, nfe_quality_vp_ggf, nfe_quality_vp_teleport, nfe_quality_vp_ggf_d256,
+mutation, faults), an
 estimate for the others (the sum is the time to budget for `suite=all`: about 12 hours, most
 of it the frontier, the Sudoku training and the nfe_quality grids).
 """
@@ -70,7 +71,7 @@ TABLES = [
           [_nq("--sde", "vp", "--seeds", "3", "--methods", "em,ggf,ggf_fresh",
                name="nfe_quality_vp_ggf")],
           [_nq("--sde", "vp", "--quick", "--methods", "em,ggf,ggf_fresh",
-               name="nfe_quality_vp_ggf")], 45),
+               name="nfe_quality_vp_ggf")], 40),
     Table("nfe_quality_vp_ggf_d256",
           [_nq("--sde", "vp", "--dims", "256", "--n", "1000", "--methods", "em,ggf,ggf_bridge",
                name="nfe_quality_vp_ggf_d256")],
