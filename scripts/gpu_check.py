@@ -34,7 +34,8 @@ def plan(out: Path, dry: bool) -> list[tuple[str, float, list[list[str]]]]:
     steps = 20 if dry else 600
     train = [PY, "scripts/train.py", "experiment=digits_edm", f"device={dev}",
              f"trainer.steps={steps}", "trainer.ckpt_every=100000", "trainer.progress=false",
-             "eval.n_samples=64", "eval.plot=false", f"hydra.run.dir={run_dir}"]
+             "eval.n_samples=64", "eval.plot=false", f"hydra.run.dir={run_dir}",
+             "trainer.resume=true"]  # a rerun into the same folder continues, not retrains
     if dry:
         train += ["model.channels=[16,32]", "model.attention_head_dim=16",
                   "trainer.batch_size=16"]

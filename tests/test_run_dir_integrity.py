@@ -306,6 +306,20 @@ def test_resume_without_checkpoint_in_a_finished_run_refused(finished, tmp_path)
     assert tr.step == 0
 
 
+@pytest.mark.parametrize("resume", ["false", "other"])
+def test_new_run_over_a_finished_one_refused(finished, tmp_path, resume):
+    """`trainer.resume=false` (the default) or a checkpoint from elsewhere, in a run dir that
+    holds a run's checkpoint: refused before anything is written (training from step 0 there
+    would replace that run)."""
+    run = _copy(finished, tmp_path / "run")
+    before = _snapshot(run)
+    given = str(finished) if resume == "other" else resume
+    over = TINY + ["sde=ve", "objective.weighting=likelihood", f"trainer.resume={given}"]
+    with pytest.raises(ConfigError, match="already holds a run.*trainer.resume=true"):
+        Trainer(_cfg(over), run_dir=run)
+    assert _snapshot(run) == before
+
+
 def test_resume_in_a_new_dir_starts_from_zero(tmp_path):
     tr = Trainer(_cfg(TINY + ["trainer.resume=true"]), run_dir=tmp_path / "new")
     assert tr.step == 0

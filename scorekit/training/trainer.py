@@ -143,11 +143,19 @@ class Trainer(CheckpointMixin, StepMixin, SamplingMixin):
     def _resume_base(self, cfg: DictConfig) -> DictConfig:
         """`trainer.resume=true` with a checkpoint here: the run's config.yaml with the given
         resumable values (others must agree). Without one: refuse a run dir that holds more
-        than a run's start-up files, unless `trainer.resume=allow_new`."""
+        than a run's start-up files, unless `trainer.resume=allow_new`. Any other value over
+        a checkpoint here is refused: a new run would replace it."""
         resume = cfg.trainer.resume
+        has_checkpoint = self.ckpt_path.exists() or self.ckpt_path.with_name(PREV_NAME).exists()
         if resume not in _RESUME_HERE:
+            if has_checkpoint:  # a new run from step 0 would replace this one's checkpoints
+                raise ConfigError(
+                    f"{self.run_dir} already holds a run (checkpoints/{CKPT_NAME} or "
+                    f"{PREV_NAME}); training there with trainer.resume={resume} would replace "
+                    f"it. Continue it with trainer.resume=true, or train in another run dir "
+                    f"(hydra.run.dir=...), or delete {self.run_dir / 'checkpoints'} first")
             return cfg
-        if not (self.ckpt_path.exists() or self.ckpt_path.with_name(PREV_NAME).exists()):
+        if not has_checkpoint:
             extra = leftovers(self.run_dir)
             if extra and resume != ALLOW_NEW:
                 raise ConfigError(
