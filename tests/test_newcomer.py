@@ -56,6 +56,15 @@ def test_sample_with_bad_run_dir_leaves_nothing(tmp_path):
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
 
 
+def test_optimize_grid_user_errors_one_line_and_leave_nothing(tmp_path):
+    proc = _script("optimize_grid.py", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: run_dir=...")
+    proc = _script("optimize_grid.py", "run_dir=outputs/does_not_exist", cwd=tmp_path)
+    assert proc.returncode == 2 and "no config.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # Hydra's run dir (run_dir itself) is removed
+
+
 def test_full_error_still_available(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"),
@@ -140,3 +149,17 @@ def test_fkc_example_refuses_models_trained_otherwise(tmp_path):
     (run / "config.yaml").write_text(json.dumps(cfg))  # YAML is a superset of JSON
     with pytest.raises(SystemExit, match="trainer.steps: 7 there, 600 now"):
         fkc_example._trainer("ring4", tmp_path, 600)
+
+
+def test_optimize_grid_script_writes_a_grid_the_sampler_reads(cli_run):
+    """The script's own path end to end: a tuned grid beside the run, then sampled with."""
+    run, _ = cli_run
+    proc = _script("optimize_grid.py", f"run_dir={run}", "nfe=4", "n=32", "max_evals=6",
+                   cwd=run.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    grid = run / "grids" / "dpm_solver_nfe4.json"  # the run's em is not deterministic
+    assert "not deterministic: tuning dpm_solver" in proc.stdout and grid.is_file()
+    assert f"sampler.grid={grid}" in proc.stdout
+    res = Trainer.from_run_dir(run).sample(8, {"method": "dpm_solver", "steps": None,
+                                               "grid": str(grid)}, seed=0)
+    assert res.nfe == 4
