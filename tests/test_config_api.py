@@ -32,8 +32,26 @@ def test_from_overrides_trains(tmp_path):
 def test_bad_sampler_values_fail_before_training(overrides, match, tmp_path):
     """Refused when the trainer is built: nothing is trained and nothing written."""
     with pytest.raises(ConfigError, match=match):
-        Trainer.from_overrides(TINY + overrides, run_dir=tmp_path / "run")
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+        Trainer.from_overrides(TINY + overrides, run_dir=tmp_path / "new" / "run")
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone too
+
+
+def test_rejected_trainer_keeps_a_folder_it_did_not_make(tmp_path):
+    """A run dir that existed stays (with its files), without the lock; a corrected trainer
+    then starts there."""
+    from scorekit.lock import LOCK_NAME
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="unknown grid"):
+        Trainer.from_overrides(TINY + ["sampler.grid=cosinee"], run_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert not (tmp_path / LOCK_NAME).exists()
+    with pytest.raises(ConfigError, match="needs steps >= 2"):  # a later failure: data built
+        Trainer.from_overrides(TINY + ["sampler=heun", "sampler.steps=1"],
+                               run_dir=tmp_path / "a" / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    Trainer.from_overrides(TINY, run_dir=tmp_path).fit()
+    assert (tmp_path / "config.yaml").is_file() and not (tmp_path / LOCK_NAME).exists()
 
 
 @pytest.mark.parametrize("seed", ["abc", "1.5", "-2", "true"])

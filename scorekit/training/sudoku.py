@@ -42,6 +42,10 @@ class SudokuTrainer(Trainer, data="sudoku"):
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
                  save_config: bool = True, data: Dataset | None = None):
         cfg = self._init_run(cfg, run_dir, writes=save_config)
+        with self._undo_on_error():
+            self._build(cfg, data, save_config)
+
+    def _build(self, cfg: DictConfig, data: Dataset | None, save_config: bool) -> None:
         name, _ = split_named(cfg.data)
         if name != "sudoku":
             raise ConfigError(f"SudokuTrainer needs data=sudoku, got {name!r}")

@@ -17,9 +17,10 @@ nothing is trained and the checkpoint holds the data. Sampling and evaluation (`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 import samplers
 from scorekit import io
 from scorekit._validate import check_kwargs
+from scorekit.cli import remove_if_empty
 from scorekit.data import Dataset, make_dataset
 from scorekit.data.reference import REFERENCE, load_reference, save_reference
 from scorekit.evaluation.sampling import SamplingMixin
@@ -69,6 +71,11 @@ class Trainer(CheckpointMixin, StepMixin, SamplingMixin):
     def __init__(self, cfg: DictConfig | dict, run_dir: str | Path | None = None,
                  save_config: bool = True, data: Dataset | None = None):
         cfg = self._init_run(cfg, run_dir, writes=save_config)
+        with self._undo_on_error():
+            self._build(cfg, data, save_config)
+
+    def _build(self, cfg: DictConfig, data: Dataset | None, save_config: bool) -> None:
+        """Data, process, model, objective and training state, checked before training."""
         self.data = data if data is not None else self._make_data(cfg)
         self.train_x = self.data.train.to(self.device, self.dtype)
         name, params = split_named(cfg.sde)
@@ -120,6 +127,9 @@ class Trainer(CheckpointMixin, StepMixin, SamplingMixin):
         self.run_dir = Path(self.dist.broadcast_str(run_dir, self.device))
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"run dir {self.run_dir} exists and is not a directory")
+        # The nearest folder that exists now: a constructor that fails removes what it made.
+        self._existed = next(p for p in (self.run_dir.absolute(), *self.run_dir.absolute()
+                                         .parents) if p.exists())
         self.lock: DirLock | None = None
         self.log_path: Path | None = None  # where `_print` appends; set once training may write
         if writes:
@@ -196,21 +206,27 @@ class Trainer(CheckpointMixin, StepMixin, SamplingMixin):
         if not self.closed_form:
             self._init_step()
             if save_config:  # `trainer.resume`'s checkpoint loads before anything is written
-                self._release_on_error(self._maybe_resume)
+                self._maybe_resume()
         if save_config and self.step < self.cfg.trainer.steps:
-            self._release_on_error(self.check_sampler)  # a bad option fails before training
+            self.check_sampler()  # a bad option fails before training
         if save_config and self.dist.is_main:
             self.log_path = self.run_dir / "train.log"
             io.write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
             self._save_reference()
 
-    def _release_on_error(self, check: Callable[[], None]) -> None:
-        """Run a check of the constructor; on failure the run dir's lock goes with the error."""
+    @contextlib.contextmanager
+    def _undo_on_error(self) -> Iterator[None]:
+        """The constructor after `_init_run`: on any failure the run dir's lock goes with the
+        error, and folders this constructor created are removed while empty, so a rejected
+        Trainer leaves nothing behind (and a corrected one in the same process starts clean)."""
         try:
-            check()
+            yield
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
+                self.lock = None
+            if self.dist.is_main and self._existed != self.run_dir.absolute():
+                remove_if_empty(self.run_dir, stop=self._existed)
             raise
 
     def _check_in_box(self) -> None:
