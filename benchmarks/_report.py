@@ -74,6 +74,15 @@ def environment() -> dict[str, Any]:
 
 
 MEASURED = ("samplers", "scorekit", "benchmarks", CODE_ONLY)
+# Per-sample seeds give sample i of `seed=s` the stream s + i, so repetitions seeded 0, 1, 2
+# would share all but one of their samples. Repetition r starts at r * SEED_STRIDE instead:
+# disjoint streams for any n below 2^32.
+SEED_STRIDE = 2**32
+
+
+def sample_seed(rep: int) -> int:
+    """The `seed=` of a benchmark's repetition `rep` (0, 1, ...): disjoint per-sample streams."""
+    return rep * SEED_STRIDE
 
 
 def code_fingerprint() -> str:

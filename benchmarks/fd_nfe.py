@@ -18,8 +18,9 @@ them (both sides unseen by a feature network trained on the training split, as t
 classifier is). Each finished row is cached in `<run dir>/fd_nfe/rows.json`, so a killed
 benchmark resumes where it stopped. Under `torchrun --nproc_per_node=K scripts/benchmark.py
 suite=fd_nfe ...` each rank samples a contiguous share of every setting's n samples (sample i
-from seed + i, so the set does not depend on K), the float64 feature statistics are merged over
-the ranks, and rank 0 alone writes the row cache, the tables and the plot.
+of repetition r from the per-sample seed `sample_seed(r) + i`, so the set does not depend on K,
+and repetitions share no sample), the float64 feature statistics are merged over the ranks,
+and rank 0 alone writes the row cache, the tables and the plot.
 Writes <name>.{json,md,png} (name defaults to `fd_nfe_<run name>`) into the run's `fd_nfe/`
 folder, or into benchmarks/results/ only with `committed=true` (or SCOREKIT_RESULTS_DIR);
 `wandb=offline|online` also logs the rows, the table and the plot.
@@ -40,7 +41,15 @@ from benchmarks import _peers
 from benchmarks import learned_nfe as ln
 from benchmarks import nfe_quality as nq
 from benchmarks._peers import KD_SAMPLERS, SIGMAS
-from benchmarks._report import COMMITTED, RESULTS, environment, markdown_table, write
+from benchmarks._report import (
+    COMMITTED,
+    RESULTS,
+    code_fingerprint,
+    environment,
+    markdown_table,
+    sample_seed,
+    write,
+)
 from scorekit.ranks import Ranks
 
 DEFAULT_METHODS = ["em", "pc", "ode", "heun", "dpm_solver", "unipc", "ggf", "em+tp", "heun+tp",
@@ -136,8 +145,9 @@ class _Scorer:
         self.test, self.train = fe.stats(trainer.data.test), fe.stats(trainer.data.train)
 
     def __call__(self, section: dict, n: int, seed: int) -> dict:
-        """Under torchrun each rank samples its contiguous share of the n samples (sample i
-        from seed + i, as in one process) and the feature statistics are merged over ranks."""
+        """Repetition `seed` of the n samples: sample i from the per-sample seed
+        `sample_seed(seed) + i`. Under torchrun each rank samples its contiguous share (the
+        same streams as in one process) and the feature statistics are merged over ranks."""
         from scorekit.metrics import frechet_distance
 
         ranks = Ranks.current()
@@ -152,7 +162,7 @@ class _Scorer:
             x, nfe = _peers.run_kd(*section["peer"], section["nfe"], tr.ema, tr.sde, x_t, seed)
             counts = torch.full((x.shape[0],), float(nfe), dtype=torch.float64)
         else:
-            res = tr.sample(hi_i - lo_i, section, seed=seed + lo_i)
+            res = tr.sample(hi_i - lo_i, section, seed=sample_seed(seed) + lo_i)
             x, counts = res.x, res.nfe_per_sample.double().cpu()
         stats = self.fe.stats(x.detach().float().clamp(*self.range).cpu()).gathered(ranks)
         counts = torch.cat(ranks.gather(counts))
@@ -281,7 +291,7 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
     kind = feature_kind(features, trainer.data.sample_shape, weights)
     fe = FeatureExtractor(kind, weights=weights if kind == "inception" else None)
     identity = {"checkpoint_step": trainer.step, "features": fe.info.get("sha256", kind),
-                "n": n, "max_nfe": max_nfe, "quick": quick}
+                "n": n, "max_nfe": max_nfe, "quick": quick, "code": code_fingerprint()}
     cache = _RowCache(run_dir / "fd_nfe" / "rows.json", identity)
     name = name or f"fd_nfe_{trainer.cfg.name}{'_quick' if quick else ''}"
     main = trainer.dist.is_main  # under torchrun: every rank samples, rank 0 writes

@@ -25,6 +25,7 @@ from benchmarks._report import (  # noqa: E402
     markdown_table,
     nfe_at,
     nfe_axes,
+    sample_seed,
     write,
 )
 from scorekit.metrics import frechet_distance  # noqa: E402
@@ -83,7 +84,7 @@ def run(trainer: Trainer, methods: list[str], n: int, seeds: int, quick: bool) -
                 section["t_start"] = t_star
             for seed in range(seeds):
                 t0 = time.perf_counter()
-                res = trainer.sample(n, section, seed=seed)
+                res = trainer.sample(n, section, seed=sample_seed(seed))
                 x = res.x.detach().flatten(1).double().cpu()
                 setting = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                     for k, v in opts.items())

@@ -26,7 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._report import environment, markdown_table, nfe_axes, write  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    environment,
+    markdown_table,
+    nfe_axes,
+    sample_seed,
+    write,
+)
 from benchmarks.learned_nfe import trained  # noqa: E402
 from scorekit.metrics import frechet_distance  # noqa: E402
 
@@ -52,7 +58,8 @@ def evaluate(label: str, trainer, steps: int, n: int, seed: int, test: torch.Ten
     """Sample n digits with EM at `steps` and score them against the held-out set."""
     t0 = time.perf_counter()
     denoise = "tweedie" if label == "vp" else "mean"
-    res = trainer.sample(n, {"method": "em", "steps": steps, "denoise": denoise}, seed=seed)
+    res = trainer.sample(n, {"method": "em", "steps": steps, "denoise": denoise},
+                         seed=sample_seed(seed))
     x = to_pm1(res.x.detach(), trainer.data.value_range)
     excess = (x.abs() - 1).clamp_min(0)  # distance outside the box
     row = {"model": label, "method": res.info["method"], "denoise": denoise, "steps": steps,

@@ -106,7 +106,9 @@ def sample(score: Score, sde: SDE, shape: tuple[int, ...], method: str = "em",
     devices and between the PyTorch and kernel paths up to float rounding). `generator=`
     (a torch.Generator) is faster on CPU but batch-dependent: one stream for the whole batch,
     so sample i changes with the batch size. Population methods ("fkc") resample across the
-    batch, so their samples depend on the batch by construction.
+    batch, so their samples depend on the batch by construction. As in EDM, consecutive seeds
+    overlap: `seed=0` and `seed=1` of n samples share n - 1 streams, so independent
+    repetitions take disjoint ranges (e.g. `seed=r * n`, or `seeds=` of their own).
 
     Per step: `callback(i, t, x, x0_hat)` is called once per step of every method, with the
     state x (B, *D) at the time t (B,) where the step evaluated the score and the posterior
