@@ -65,6 +65,9 @@ FAST = ("dpm_solver", "unipc", "heun")
 # 10 NFE), hence fewer draws and evaluations than the library's defaults (512, 400).
 OPT_NFE = [5, 8, 10]
 OPT_N, OPT_EVALS = 256, 120
+# quick=true exercises the same path at one budget on a small tuning set (it is CI's longest
+# step otherwise: 3 budgets x 2 methods x 120 trial grids).
+QUICK_OPT_NFE, QUICK_OPT_N, QUICK_OPT_EVALS = [5], 64, 30
 EXTRA = {"dpm_solver+opt": ("dpm_solver", {}), "heun+opt": ("heun", {})}
 QUICK_TOLS = {"ode": [{"rtol": 1e-2, "atol": 1e-2}],
               "ggf": [{"abs_tol": 2 / 256, "rel_tol": 0.1}]}
@@ -220,12 +223,14 @@ def _sections(trainer, label: str, quick: bool, max_nfe: int, t_star: float | No
     if label.endswith("+opt"):
         method, fixed = EXTRA[label]
         out = []
-        for nfe in (n for n in OPT_NFE if n <= max_nfe):
+        budgets, n_opt, evals = ((QUICK_OPT_NFE, QUICK_OPT_N, QUICK_OPT_EVALS) if quick
+                                 else (OPT_NFE, OPT_N, OPT_EVALS))
+        for nfe in (n for n in budgets if n <= max_nfe):
             path = trainer.run_dir / "grids" / f"{method}_nfe{nfe}.json"
             ranks = Ranks.current()
             if ranks.is_main and not path.is_file():  # tuned once per run and budget
-                trainer.optimize_grid(nfe, {"method": method, **fixed}, n=OPT_N,
-                                      max_evals=OPT_EVALS, path=path)
+                trainer.optimize_grid(nfe, {"method": method, **fixed}, n=n_opt,
+                                      max_evals=evals, path=path)
             ranks.barrier()  # the other ranks read rank 0's grid
             out.append(({"nfe": nfe, "grid": "tuned"},
                         {"method": method, **fixed, "steps": None, "grid": str(path)}))

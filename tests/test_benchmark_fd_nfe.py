@@ -132,3 +132,17 @@ def test_fd_nfe_under_torchrun_matches_one_process(tiny_run, tmp_path):
         assert rows2[k]["fd_test"] == pytest.approx(r["fd_test"], rel=1e-3), k
     cached = json.loads((two_run / "fd_nfe" / "rows.json").read_text())["rows"]
     assert len(cached) == len([r for r in two["rows"] if r["nfe"] > 0]) + 1  # + matched
+
+
+@pytest.mark.slow
+def test_tuned_grid_rows_in_quick_mode(tiny_run, tmp_path, monkeypatch):
+    """"+opt": the grid tuned to the run (one budget in quick mode), cached in the run dir and
+    sampled at exactly its NFE (tuned here on fewer draws and trial grids than quick's)."""
+    monkeypatch.setattr(fd_nfe, "QUICK_OPT_N", 8)
+    monkeypatch.setattr(fd_nfe, "QUICK_OPT_EVALS", 4)
+    payload = fd_nfe.run(ckpt=str(tiny_run), features="raw", n=16, seeds=1,
+                         methods=["dpm_solver+opt"], quick=True, out_dir=str(tmp_path),
+                         name="tiny_opt")
+    rows = [r for r in payload["rows"] if r["method"] == "dpm_solver+opt"]
+    assert [(r["setting"], r["nfe"]) for r in rows] == [("nfe=5, grid=tuned", 5)]
+    assert (tiny_run / "grids" / "dpm_solver_nfe5.json").is_file()
