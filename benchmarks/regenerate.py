@@ -15,7 +15,7 @@ each table's commands, outcome and wall time (a call with `only=` keeps the othe
 from earlier calls); `est_min` is the full run's wall time on a 2-core CPU: measured for the
 tables regenerated so far (closed_form, fkc_anneal, sample_ranks, nfe_quality_vp,
 nfe_quality_ve, nfe_quality_vp_ggf, nfe_quality_vp_teleport, nfe_quality_vp_ggf_d256,
-mutation, faults), an
+learned_nfe_digits, reflected_digits, mutation, faults), an
 estimate for the others (the sum is the time to budget for `suite=all`: about 12 hours, most
 of it the frontier, the Sudoku training and the nfe_quality grids).
 """
@@ -85,10 +85,10 @@ TABLES = [
                "em,em+tp,dpm_solver,dpm_solver+tp", name="nfe_quality_vp_teleport")], 8),
     Table("learned_nfe_digits", [["benchmarks/learned_nfe.py", "--experiment", "digits"]],
           [["benchmarks/learned_nfe.py", "--experiment", "digits", "--quick", "--n", "200",
-            "--seeds", "1"]], 60, "trains experiment=digits once (outputs/bench/digits)"),
+            "--seeds", "1"]], 61, "trains experiment=digits once (outputs/bench/digits; 10 min)"),
     Table("reflected_digits", [["benchmarks/reflected_digits.py"]],
-          [["benchmarks/reflected_digits.py", "--quick", "--n", "200", "--seeds", "1"]], 60,
-          "trains two digits models"),
+          [["benchmarks/reflected_digits.py", "--quick", "--n", "200", "--seeds", "1"]], 49,
+          "trains three digits models"),
     Table("sampler_frontier", [["benchmarks/sampler_frontier.py", "--seeds", "3"]],
           [["benchmarks/sampler_frontier.py", "--quick", "--targets", "gauss16", "--sdes", "vp",
             "--seeds", "1", "--name", "sampler_frontier"]], 240,
