@@ -99,6 +99,58 @@ def code_fingerprint() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+PROGRESS_ENV = "SCOREKIT_PROGRESS"
+
+
+def progress_enabled() -> bool:
+    """Bars on a terminal; SCOREKIT_PROGRESS=1 forces them, =0 turns them off (`progress=false`
+    of scripts/benchmark.py sets it for every command it starts)."""
+    value = os.environ.get(PROGRESS_ENV, "auto").strip().lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    return sys.stderr.isatty()
+
+
+class RowProgress:
+    """A benchmark's progress: a tqdm bar over its rows (on stderr, with an ETA) when bars are
+    on, and the per-row result lines on stdout either way (above the bar, so logs keep them).
+
+        with RowProgress(len(plan), "fd_nfe") as bar:
+            for ...:
+                bar.row(f"em steps=9 fd=98.7")
+    """
+
+    def __init__(self, total: int | None, desc: str, unit: str = "row", show: bool = True
+                 ) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
+                        disable=not (show and progress_enabled()))
+
+    def say(self, line: str) -> None:
+        """Print a line without breaking the bar."""
+        self._tqdm.write(line)
+        sys.stdout.flush()
+
+    def row(self, line: str | None = None, n: int = 1) -> None:
+        """One (or n) rows done; `line` their result."""
+        if line is not None:
+            self.say(line)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> RowProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):

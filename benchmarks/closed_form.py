@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._report import RESULTS, environment, markdown_table, write  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    RESULTS,
+    RowProgress,
+    environment,
+    markdown_table,
+    write,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ("naive", "sdpa_fused", "sdpa_chunked", "direct")
@@ -108,19 +114,23 @@ def probe(impl: str, n: int, b: int, d: int, reps: int, device: str) -> dict:
 def scaling(sizes: list[int], b: int, d: int, device: str, naive_max_gb: float,
             direct_max_n: int, reps: int) -> list[dict]:
     rows = []
+    bar = RowProgress(len(sizes) * len(IMPLS), "closed_form scaling")
     for n in sizes:
         for impl in IMPLS:
             # naive: cdist output, its square, softmax and its exp temporaries: ~4 B x N floats
             if impl == "naive" and 16 * b * n > naive_max_gb * 2**30:
                 rows.append({"impl": impl, "N": n, "B": b, "skipped": "does not fit"})
+                bar.row()
                 continue
             if impl == "direct" and n > direct_max_n:
                 rows.append({"impl": impl, "N": n, "B": b, "skipped": "slow (exact distances)"})
+                bar.row()
                 continue
             r = probe(impl, n, b, d, reps, device)
             rows.append({"impl": impl, "N": n, "B": b, "d": d, **r,
                          "naive_logits_mb": 4 * b * n / 2**20})
-            print(json.dumps(rows[-1]), flush=True)
+            bar.row(json.dumps(rows[-1]))
+    bar.close()
     return rows
 
 
@@ -139,6 +149,7 @@ def quality(factors: list[float], n_samples: int, steps: int, n_smooth: int) -> 
     floor = frechet_distance(train[: len(test)].double(), test.double())
     sde = VPSDE()
     rows = []
+    bar = RowProgress(len(factors), "closed_form quality")
     for f in factors:
         score = EmpiricalScore(data.train, sde, smoothing=f * med, n_smooth=n_smooth)
         res = samplers.sample(score, sde, (n_samples, *data.sample_shape), method="closed_form",
@@ -150,7 +161,8 @@ def quality(factors: list[float], n_samples: int, steps: int, n_smooth: int) -> 
                      "memorised_frac": float((nn < 0.1 * med).double().mean()),
                      "median_nn_to_train": float(nn.median()), "nfe": res.nfe,
                      "time_s": res.info["wall_time"]})
-        print(json.dumps(rows[-1]), flush=True)
+        bar.row(json.dumps(rows[-1]))
+    bar.close()
     return {"rows": rows, "median_nn_train": med, "held_out_median_nn_to_train": test_nn,
             "fd_floor_train_vs_test": floor, "n_samples": n_samples, "steps": steps,
             "n_smooth": n_smooth, "n_train": len(train), "n_test": len(test)}

@@ -44,6 +44,7 @@ from benchmarks._peers import KD_SAMPLERS, SIGMAS
 from benchmarks._report import (
     COMMITTED,
     RESULTS,
+    RowProgress,
     code_fingerprint,
     environment,
     markdown_table,
@@ -194,8 +195,12 @@ def measure(trainer, methods: list[str], score: _Scorer, n: int, seeds: int, qui
                                                        "teleport_thresh": nq.TP_THRESH})
         t_star = probe["t_start"]
         print(f"teleport t* = {t_star:.4f} (EV >= {nq.TP_THRESH})", flush=True)
-    for label in methods:
-        for opts, section in _sections(trainer, label, quick, max_nfe, t_star):
+    # Every point first (tuned grids are tuned here, each with its own bar), then the rows.
+    plan = [(label, opts, section) for label in methods
+            for opts, section in _sections(trainer, label, quick, max_nfe, t_star)]
+    main = Ranks.current().is_main
+    with RowProgress(len(plan) * seeds, "fd_nfe rows", show=main) as bar:
+        for label, opts, section in plan:
             for seed in range(seeds):
                 key = f"{label}|{_setting(opts)}|{seed}"
                 row = cache.get(key)
@@ -203,10 +208,10 @@ def measure(trainer, methods: list[str], score: _Scorer, n: int, seeds: int, qui
                     row = {"method": label, "setting": _setting(opts), **score(section, n, seed)}
                     cache.put(key, row)
                 rows.append(row)
-                if Ranks.current().is_main:
-                    print(f"{label:14s} {row['setting']:34s} seed={seed} "
-                          f"nfe={row['nfe']:7.1f} fd_test={row['fd_test']:.4g} "
-                          f"({row['time_s']:.1f} s)", flush=True)
+                if main:
+                    bar.row(f"{label:14s} {row['setting']:34s} seed={seed} "
+                            f"nfe={row['nfe']:7.1f} fd_test={row['fd_test']:.4g} "
+                            f"({row['time_s']:.1f} s)")
                 if logger is not None:
                     logger.log({f"fd/{label}": row["fd_test"], f"nfe/{label}": row["nfe"]},
                                step=len(rows))

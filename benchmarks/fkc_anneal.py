@@ -73,11 +73,13 @@ def main() -> None:
         args.populations, args.steps = 8, 200
     sde = VPSDE()
     rows, per_pop = [], {}
+    methods = ("naive", "fkc (no moves)", "fkc + MALA")
+    bar = _report.RowProgress(len(TARGETS) * len(methods), "fkc_anneal rows")
     for label, var in TARGETS.items():
         p = GMMScore(torch.tensor([0.3, 0.7]), torch.tensor([[-2.0], [2.0]]),
                      torch.tensor(var)[:, None, None], sde)
         ref = reference_mass(p, sde)
-        for method in ("naive", "fkc (no moves)", "fkc + MALA"):
+        for method in methods:
             mass, nfe, wall = run_method(method, p, sde, args.populations, args.particles,
                                          args.steps, args.seed)
             err = 100 * (mass - ref)
@@ -89,8 +91,9 @@ def main() -> None:
                          "max abs error (pp)": err.abs().max().item(),
                          "share > 3 pp": (err.abs() > 3).double().mean().item(),
                          "wall (s)": wall})
-            print(f"{label:32s} {method:16s} err {err.mean():+6.2f} pp  SD {err.std():5.2f}  "
-                  f"max {err.abs().max():5.2f}  NFE {nfe:.0f}  {wall:.0f}s", flush=True)
+            bar.row(f"{label:32s} {method:16s} err {err.mean():+6.2f} pp  SD {err.std():5.2f}  "
+                    f"max {err.abs().max():5.2f}  NFE {nfe:.0f}  {wall:.0f}s")
+    bar.close()
     cols = ["target", "method", "true mass x<0", "NFE", "mean error (pp)", "SE of mean (pp)",
             "SD per population (pp)", "max abs error (pp)", "share > 3 pp"]
     name = "fkc_anneal_quick" if args.quick else "fkc_anneal"

@@ -35,7 +35,13 @@ import torch  # noqa: E402
 import samplers  # noqa: E402
 from benchmarks._peers import Denoiser, k_diffusion  # noqa: E402
 from benchmarks._peers import sigmas as kd_sigmas  # noqa: E402
-from benchmarks._report import RESULTS, environment, markdown_table, write  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    RESULTS,
+    RowProgress,
+    environment,
+    markdown_table,
+    write,
+)
 from samplers.diffusers_adapter import _alpha_bar_table, trained_betas  # noqa: E402
 from scorekit.nets.mlp import MLPScore  # noqa: E402
 from scorekit.nets.unet import UNetScore  # noqa: E402
@@ -382,11 +388,12 @@ def run(device: str = "cpu", quick: bool = False, reps: int = 5, name: str | Non
     which = contenders(device)
     grid = GRIDS[grid or ("quick" if quick else device)]
     rows: list[dict] = []
-    for net_name, batch, nfe in grid:
-        rows += run_config(net_name, batch, nfe, device, 2 if quick else reps, which)
-        print(f"{net_name} B={batch} N={nfe}: " + ", ".join(
-            f"{r['contender']} {r['time_s']:.3g}s" for r in rows[-len(which):]
-            if r["status"] == "ok"), flush=True)
+    with RowProgress(len(grid), "hot_loop settings", unit="setting") as bar:
+        for net_name, batch, nfe in grid:
+            rows += run_config(net_name, batch, nfe, device, 2 if quick else reps, which)
+            bar.row(f"{net_name} B={batch} N={nfe}: " + ", ".join(
+                f"{r['contender']} {r['time_s']:.3g}s" for r in rows[-len(which):]
+                if r["status"] == "ok"))
     versions = {"device_name": (torch.cuda.get_device_name(0) if device == "cuda"
                                 else environment()["device"]),
                 "tf32": torch.backends.cuda.matmul.allow_tf32}

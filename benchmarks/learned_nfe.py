@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import nfe_quality as nq  # noqa: E402
 from benchmarks._report import (  # noqa: E402
+    RowProgress,
     environment,
     markdown_table,
     nfe_at,
@@ -76,26 +77,27 @@ def run(trainer: Trainer, methods: list[str], n: int, seeds: int, quick: bool) -
                                                        "teleport_thresh": TP_THRESH})
         t_star = probe["t_start"]
         print(f"teleport t* = {t_star:.4f} (EV >= {TP_THRESH})", flush=True)
-    for label in methods:
-        method, fixed = METHODS[label]
-        for opts in configs(method, quick):
+    plan = [(label, opts) for label in methods for opts in configs(METHODS[label][0], quick)]
+    with RowProgress(len(plan) * seeds, "learned_nfe rows") as bar:
+        for label, opts in plan:
+            method, fixed = METHODS[label]
             section = {"method": method, **fixed, **opts}
             if fixed.get("teleport"):
                 section["t_start"] = t_star
+            setting = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in opts.items())
             for seed in range(seeds):
                 t0 = time.perf_counter()
                 res = trainer.sample(n, section, seed=sample_seed(seed))
                 x = res.x.detach().flatten(1).double().cpu()
-                setting = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                    for k, v in opts.items())
                 rows.append({"method": label, "setting": setting, "seed": seed, "nfe": res.nfe,
                              "nfe_min": int(res.nfe_per_sample.min()),
                              "nfe_max": int(res.nfe_per_sample.max()),
                              "fd_test": fd(x, test), "fd_train": fd(x, train),
                              "time_s": time.perf_counter() - t0})
                 r = rows[-1]
-                print(f"{label:13s} {setting:40s} seed={seed} nfe={r['nfe']:7.1f} "
-                      f"fd_test={r['fd_test']:.3f} fd_train={r['fd_train']:.3f}", flush=True)
+                bar.row(f"{label:13s} {setting:40s} seed={seed} nfe={r['nfe']:7.1f} "
+                        f"fd_test={r['fd_test']:.3f} fd_train={r['fd_train']:.3f}")
     return {"rows": rows, "t_star": t_star}
 
 

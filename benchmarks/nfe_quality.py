@@ -30,7 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import samplers  # noqa: E402
-from benchmarks._report import environment, markdown_table, nfe_at, write  # noqa: E402
+from benchmarks._report import (  # noqa: E402
+    RowProgress,
+    environment,
+    markdown_table,
+    nfe_at,
+    write,
+)
 from scorekit.data.synthetic import gmm_params  # noqa: E402
 from scorekit.metrics import sliced_wasserstein  # noqa: E402
 from scorekit.scores import GMMScore  # noqa: E402
@@ -140,7 +146,11 @@ def run(quick: bool, sde_name: str, seeds: int, n: int, dims: list[int],
     sde = VPSDE() if sde_name == "vp" else VESDE()
     pc_snr = 0.01 if sde_name == "vp" else 0.16
     rows = []
-    for name, params in datasets(dims).items():
+    data = datasets(dims)
+    plan = [(label, opts) for label in methods
+            for opts in configs(METHODS[label][0], quick, max_nfe)]
+    bar = RowProgress(len(data) * seeds * len(plan), f"nfe_quality {sde_name} rows")
+    for name, params in data.items():
         score = GMMScore(*params, sde)
         mean, cov = mixture_moments(*params)
         d = score.dim
@@ -149,35 +159,35 @@ def run(quick: bool, sde_name: str, seeds: int, n: int, dims: list[int],
         tp = samplers.GaussianTeleport(mean, cov, sde)
         t_star, _ = tp.suggest_t_start(score, data=big, thresh=TP_THRESH,
                                        generator=torch.Generator().manual_seed(0))
-        print(f"{name}: teleport t* = {t_star:.4f} (EV >= {TP_THRESH})", flush=True)
+        bar.say(f"{name}: teleport t* = {t_star:.4f} (EV >= {TP_THRESH})")
         for seed in range(seeds):
             g = torch.Generator().manual_seed(1000 + seed)
             ref = score.sample_data(n, generator=g)
             floor = errors(score.sample_data(n, generator=g), ref, mean, cov, score, entropy)
             rows.append({"data": name, "method": "noise floor", "seed": seed, "nfe": 0.0,
                          "nfe_min": 0, "nfe_max": 0, **floor, "time_s": 0.0})
-            for label in methods:
+            for label, opts in plan:
                 method, fixed = METHODS[label]
-                for opts in configs(method, quick, max_nfe):
-                    if method == "pc":
-                        opts = {**opts, "snr": pc_snr}
-                    extra = {"teleport": tp, "t_start": t_star} if fixed.get("teleport") else {}
-                    t0 = time.perf_counter()
-                    res = samplers.sample(score, sde, (n, d), method=method, dtype=torch.float64,
-                                          generator=torch.Generator().manual_seed(seed),
-                                          **{**fixed, **extra}, **opts)
-                    rows.append({"data": name, "method": label, "seed": seed, "nfe": res.nfe,
-                                 "nfe_min": int(res.nfe_per_sample.min()),
-                                 "nfe_max": int(res.nfe_per_sample.max()),
-                                 **errors(res.x, ref, mean, cov, score, entropy),
-                                 "time_s": time.perf_counter() - t0,
-                                 "t_start": extra.get("t_start", float(sde.T)),
-                                 "setting": ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
-                                                      else f"{k}={v}" for k, v in opts.items())})
-                    r = rows[-1]
-                    print(f"{name:8s} {label:13s} nfe={res.nfe:7.1f} sw2={r['sw2']:.4f} "
-                          f"cov_err={r['cov_err']:.4f} mode_tv={r['mode_tv']:.4f} "
-                          f"nll_gap={r['nll_gap']:+.4f}", flush=True)
+                if method == "pc":
+                    opts = {**opts, "snr": pc_snr}
+                extra = {"teleport": tp, "t_start": t_star} if fixed.get("teleport") else {}
+                t0 = time.perf_counter()
+                res = samplers.sample(score, sde, (n, d), method=method, dtype=torch.float64,
+                                      generator=torch.Generator().manual_seed(seed),
+                                      **{**fixed, **extra}, **opts)
+                rows.append({"data": name, "method": label, "seed": seed, "nfe": res.nfe,
+                             "nfe_min": int(res.nfe_per_sample.min()),
+                             "nfe_max": int(res.nfe_per_sample.max()),
+                             **errors(res.x, ref, mean, cov, score, entropy),
+                             "time_s": time.perf_counter() - t0,
+                             "t_start": extra.get("t_start", float(sde.T)),
+                             "setting": ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
+                                                  else f"{k}={v}" for k, v in opts.items())})
+                r = rows[-1]
+                bar.row(f"{name:8s} {label:13s} nfe={res.nfe:7.1f} sw2={r['sw2']:.4f} "
+                        f"cov_err={r['cov_err']:.4f} mode_tv={r['mode_tv']:.4f} "
+                        f"nll_gap={r['nll_gap']:+.4f}")
+    bar.close()
     return {"sde": sde_name, "n_samples": n, "seeds": seeds, "quick": quick, "dims": dims,
             "methods": methods, "rows": rows, "env": environment()}
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._report import (  # noqa: E402
+    RowProgress,
     environment,
     markdown_table,
     nfe_axes,
@@ -131,14 +132,15 @@ def main() -> None:
     test = to_pm1(data.test, data.value_range)
     floor = float(frechet_distance(to_pm1(data.train, data.value_range), test))
     rows = []
-    for n_steps in grid:
-        for seed in range(args.seeds):
-            for label, trainer in trainers.items():
-                rows.append(evaluate(label, trainer, n_steps, args.n, seed, test))
-                r = rows[-1]
-                print(f"{label:9s} steps={n_steps:4d} seed={seed} nfe={r['nfe']:5.0f} "
-                      f"fd={r['fd_test']:.3f} outside={r['outside_samples']:.3f} "
-                      f"({r['time_s']:.0f} s)", flush=True)
+    with RowProgress(len(grid) * args.seeds * len(trainers), "reflected_digits rows") as bar:
+        for n_steps in grid:
+            for seed in range(args.seeds):
+                for label, trainer in trainers.items():
+                    rows.append(evaluate(label, trainer, n_steps, args.n, seed, test))
+                    r = rows[-1]
+                    bar.row(f"{label:9s} steps={n_steps:4d} seed={seed} nfe={r['nfe']:5.0f} "
+                            f"fd={r['fd_test']:.3f} outside={r['outside_samples']:.3f} "
+                            f"({r['time_s']:.0f} s)")
     summary = summarise(rows)
     tr = {label: {"train_steps": t.step, "train_time_s": t.train_time,
                   "final_loss": t.loss_history[-1] if t.loss_history else None,

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._report import environment, markdown_table, write  # noqa: E402
+from benchmarks._report import RowProgress, environment, markdown_table, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,11 +69,12 @@ def main() -> None:
     run_dir = ROOT / "outputs" / "bench" / "sample_ranks_run"
     train(run_dir, 20)
     best: dict[int, float] = {}
-    for _ in range(reps):
-        for k in ranks:
-            wall = stream(run_dir, work / f"k{k}", k, n, args.batch, steps)
-            best[k] = min(best.get(k, float("inf")), wall)
-            print(f"{k} rank(s): {wall:.1f} s", flush=True)
+    with RowProgress(reps * len(ranks), "sample_ranks streams", unit="stream") as bar:
+        for _ in range(reps):
+            for k in ranks:
+                wall = stream(run_dir, work / f"k{k}", k, n, args.batch, steps)
+                best[k] = min(best.get(k, float("inf")), wall)
+                bar.row(f"{k} rank(s): {wall:.1f} s")
     ref = samplers.load_samples(work / f"k{ranks[0]}")
     rows = []
     for k in ranks:

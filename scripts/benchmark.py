@@ -1,7 +1,9 @@
 """Run a benchmark suite: `python scripts/benchmark.py suite=<name> [key=value ...]`.
 
 Keys are the suite function's keyword arguments (Hydra-override style, values parsed as YAML),
-e.g. `python scripts/benchmark.py suite=sudoku budget_min=30 n_puzzles=64`. Suites write
+e.g. `python scripts/benchmark.py suite=sudoku budget_min=30 n_puzzles=64`. `progress=false`
+turns the row bars off (they show on a terminal; `progress=true` forces them), for the suite
+and every command it starts. Suites write
 `benchmarks/results/<name>.{json,md,png}`; `suite=all` regenerates every committed table
 (`benchmarks/regenerate.py`; `quick=true`: CI-sized, into outputs/benchmarks_quick/).
 `python scripts/benchmark.py` lists the suites.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +50,13 @@ def main(argv: list[str]) -> None:
               f"{sorted(SUITES)}")
         return
     suite, kwargs = parse(argv)
+    if "progress" in kwargs:
+        from benchmarks._report import PROGRESS_ENV
+
+        progress = kwargs.pop("progress")
+        if not isinstance(progress, bool):
+            raise ValueError(f"progress must be true or false, got {progress!r}")
+        os.environ[PROGRESS_ENV] = "1" if progress else "0"
     module, fn_name = SUITES[suite].split(":")
     fn = getattr(importlib.import_module(module), fn_name)
     valid = list(inspect.signature(fn).parameters)
