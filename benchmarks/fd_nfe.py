@@ -51,6 +51,7 @@ from benchmarks._report import (
     sample_seed,
     write,
 )
+from scorekit._validate import ConfigError
 from scorekit.ranks import Ranks
 
 DEFAULT_METHODS = ["em", "pc", "ode", "heun", "dpm_solver", "unipc", "ggf", "em+tp", "heun+tp",
@@ -287,7 +288,7 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
     methods = list(methods or DEFAULT_METHODS)
     valid = {*nq.METHODS, *DEFAULT_METHODS}
     if unknown := sorted(set(methods) - valid):
-        raise ValueError(f"methods: unknown {unknown}; valid: {sorted(valid)}")
+        raise ConfigError(f"methods: unknown {unknown}; valid: {sorted(valid)}")
     if isinstance(kd := _peers.k_diffusion(), str):
         print(f"fd_nfe: k-diffusion {kd}: its samplers are left out")
         methods = [m for m in methods if not m.startswith("kd_")]
@@ -296,7 +297,7 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
     trainer = Trainer.from_run_dir(run_dir, checkpoint=None if path.is_dir() else path,
                                    device=device)
     if len(trainer.data.sample_shape) != 3:
-        raise ValueError(f"fd_nfe needs an image model, {run_dir} has samples of shape "
+        raise ConfigError(f"fd_nfe needs an image model, {run_dir} has samples of shape "
                          f"{trainer.data.sample_shape}")
     kind = feature_kind(features, trainer.data.sample_shape, weights)
     fe = FeatureExtractor(kind, weights=weights if kind == "inception" else None)

@@ -43,6 +43,7 @@ from benchmarks._report import (  # noqa: E402
     write,
 )
 from samplers.diffusers_adapter import _alpha_bar_table, trained_betas  # noqa: E402
+from scorekit._validate import ConfigError  # noqa: E402
 from scorekit.nets.mlp import MLPScore  # noqa: E402
 from scorekit.nets.unet import UNetScore  # noqa: E402
 from scorekit.sde import VPSDE  # noqa: E402
@@ -380,9 +381,9 @@ def run(device: str = "cpu", quick: bool = False, reps: int = 5, name: str | Non
     """Run the grid (`GRIDS[grid]`; default the device's, or "quick"); write
     <out_dir>/<name>.{json,md,png} (default benchmarks/results/) and return the payload."""
     if grid is not None and grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; valid: {sorted(GRIDS)}")
+        raise ConfigError(f"unknown grid {grid!r}; valid: {sorted(GRIDS)}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' needs a CUDA device")
+        raise ConfigError("device='cuda' needs a CUDA device")
     if device == "cpu":
         torch.set_num_threads(1)  # one core: less noise from a shared machine
     which = contenders(device)

@@ -31,9 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._report import COMMITTED, ROOT, environment, markdown_table
+from scorekit._validate import ConfigError
 
 QUICK_DIR = ROOT / "outputs" / "benchmarks_quick"
 PY = "python"  # recorded in the table; the commands run with this interpreter
+
+
+class CommandsFailed(RuntimeError):
+    """Some tables' commands failed (each printed its own error); the others were written."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def _select(only: list[str] | str | None) -> list[Table]:
     names = [only] if isinstance(only, str) else list(only)
     known = {t.name for t in TABLES}
     if unknown := sorted(set(names) - known):
-        raise ValueError(f"only: unknown tables {unknown}; valid: {sorted(known)}")
+        raise ConfigError(f"only: unknown tables {unknown}; valid: {sorted(known)}")
     return [t for t in TABLES if t.name in names]
 
 
@@ -132,7 +137,7 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
     tables = _select(only)
     out = Path(out_dir) if out_dir else (QUICK_DIR if quick else COMMITTED)
     if quick and out.resolve() == COMMITTED.resolve():
-        raise ValueError("quick runs never write the committed tables: pick another out_dir")
+        raise ConfigError("quick runs never write the committed tables: pick another out_dir")
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SCOREKIT_RESULTS_DIR": str(out.resolve()), "PYTHONPATH": str(ROOT)}
     rows, total, stop = [], 0.0, False
@@ -172,6 +177,6 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
     (out / f"{name}.md").write_text(md)
     failed = [r for r in rows if r["status"].startswith("failed")]
     if failed:
-        raise RuntimeError(f"{len(failed)} command(s) failed: "
+        raise CommandsFailed(f"{len(failed)} command(s) failed: "
                            + "; ".join(f"{r['table']}: {r['command']}" for r in failed))
     return payload

@@ -22,6 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scorekit._validate import ConfigError  # noqa: E402
+from scorekit.cli import user_errors  # noqa: E402
 from scorekit.training.signals import StopRequested  # noqa: E402
 
 # suite name -> "module:function" under benchmarks/; add new suites here.
@@ -31,16 +33,16 @@ SUITES = {"sudoku": "benchmarks.sudoku:run", "fd_nfe": "benchmarks.fd_nfe:run",
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:
-    """`suite=name key=value ...` -> (name, kwargs); raises ValueError naming a bad argument."""
+    """`suite=name key=value ...` -> (name, kwargs); raises ConfigError naming a bad argument."""
     kwargs = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or not key:
-            raise ValueError(f"arguments are key=value, got {arg!r}")
+            raise ConfigError(f"arguments are key=value, got {arg!r}")
         kwargs[key] = yaml.safe_load(value) if value else ""
     suite = kwargs.pop("suite", None)
     if suite not in SUITES:
-        raise ValueError(f"suite must be one of {sorted(SUITES)}, got {suite!r}")
+        raise ConfigError(f"suite must be one of {sorted(SUITES)}, got {suite!r}")
     return suite, kwargs
 
 
@@ -55,20 +57,26 @@ def main(argv: list[str]) -> None:
 
         progress = kwargs.pop("progress")
         if not isinstance(progress, bool):
-            raise ValueError(f"progress must be true or false, got {progress!r}")
+            raise ConfigError(f"progress must be true or false, got {progress!r}")
         os.environ[PROGRESS_ENV] = "1" if progress else "0"
     module, fn_name = SUITES[suite].split(":")
     fn = getattr(importlib.import_module(module), fn_name)
     valid = list(inspect.signature(fn).parameters)
     for key in kwargs:
         if key not in valid:
-            raise ValueError(f"unknown option {key!r} for suite {suite!r}; valid: {valid}")
+            raise ConfigError(f"unknown option {key!r} for suite {suite!r}; valid: {valid}")
+    from benchmarks.regenerate import CommandsFailed
+
     try:
         fn(**kwargs)
     except StopRequested as stop:  # a suite that trains was stopped: it resumes on rerun
         print(f"{stop}; rerun the same command to resume", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
+    except CommandsFailed as err:  # each failed command has printed its own error above
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with user_errors():  # a mistyped suite or option: one line, exit 2
+        main(sys.argv[1:])

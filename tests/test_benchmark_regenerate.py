@@ -63,3 +63,38 @@ def test_quick_table_goes_to_the_quick_folder(tmp_path):
     assert (tmp_path / "fkc_anneal_quick.png").is_file()
     summary = json.loads((tmp_path / "regenerate_quick.json").read_text())
     assert [r["status"] for r in summary["rows"]] == ["ok"]
+
+
+def test_benchmark_script_mistakes_are_one_line(tmp_path):
+    """A mistyped suite, option or table: `error: ...` on one line, exit 2, nothing written."""
+    for args, says in ((["suite=bogus"], "suite must be one of"),
+                       (["suite=all", "only=[nope]", f"out_dir={tmp_path}", "quick=true"],
+                        "only: unknown tables ['nope']"),
+                       (["suite=frontier", "bogus=1"], "unknown option 'bogus'")):
+        proc = subprocess.run([sys.executable, "scripts/benchmark.py", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+        assert proc.stderr.startswith("error: ") and says in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_table_command_exits_1_after_writing_the_others(tmp_path, monkeypatch, capsys):
+    """A table whose command fails does not stop the others; the suite then exits 1 with one
+    line naming it (the command's own error was printed above), and the summary records it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    fail = regenerate.Table("fails", [], [["-c", "raise SystemExit(3)"]], 1)
+    works = regenerate.Table("works", [], [["-c", "print('table written')"]], 1)
+    monkeypatch.setattr(regenerate, "TABLES", [fail, works])
+    with pytest.raises(SystemExit) as stop:
+        script.main(["suite=all", "quick=true", f"out_dir={tmp_path}"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: 1 command(s) failed: fails: python -c raise SystemExit(3)" in err
+    rows = json.loads((tmp_path / "regenerate_quick.json").read_text())["rows"]
+    assert [(r["table"], r["status"]) for r in rows] == [("fails", "failed (exit 3)"),
+                                                         ("works", "ok")]
