@@ -77,6 +77,12 @@ def _check_manifest(out: Path, want: dict[str, Any]) -> None:
         raise ValueError(f"{path} is not readable JSON ({err}); remove the directory to "
                          f"start over") from err
     have.pop("complete", None)
+    if "source" not in have and want.get("source") is not None:  # written by an earlier version
+        raise ValueError(
+            f"{path} does not record which model drew its samples (written before manifests "
+            f"had a 'source'), so its shards cannot be checked against this one; use another "
+            f"out_dir, or, if they came from this model, add \"source\": "
+            f"{json.dumps(want['source'])} to it and rerun")
     diffs = [f"{k}: on disk {have.get(k)!r} vs now {v!r}" for k, v in want.items()
              if have.get(k) != v]
     if diffs:

@@ -285,6 +285,24 @@ def test_stream_refuses_another_model_or_weights(finished, tmp_path):
         finished / "checkpoints" / "last.safetensors") and manifest["seed"] == 1
 
 
+def test_stream_from_before_manifests_had_a_source(finished, tmp_path):
+    """A stream whose manifest predates `source` is refused with the line that would adopt it;
+    added, the same model completes the stream."""
+    out = tmp_path / "samples"
+    tr = Trainer.from_run_dir(finished)
+    tr.sample_to_disk(out, n=20, batch_size=10, use_ema=True)
+    (out / "shard-000001.safetensors").unlink()
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    source = manifest.pop("source")
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="does not record which model") as err:
+        tr.sample_to_disk(out, n=20, batch_size=10, use_ema=True)
+    assert f'"source": {json.dumps(source)}' in str(err.value)
+    path.write_text(json.dumps({**manifest, "source": source}))
+    assert tr.sample_to_disk(out, n=20, batch_size=10, use_ema=True).written == [1]
+
+
 def test_stream_dir_locked_by_a_live_process(tmp_path, finished, other_process):
     _lock_as(tmp_path / "samples", other_process.pid)
     with pytest.raises(LockHeld, match="sample dir"):
