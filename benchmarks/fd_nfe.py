@@ -298,7 +298,7 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
                                    device=device)
     if len(trainer.data.sample_shape) != 3:
         raise ConfigError(f"fd_nfe needs an image model, {run_dir} has samples of shape "
-                         f"{trainer.data.sample_shape}")
+                          f"{trainer.data.sample_shape}")
     kind = feature_kind(features, trainer.data.sample_shape, weights)
     fe = FeatureExtractor(kind, weights=weights if kind == "inception" else None)
     identity = {"checkpoint_step": trainer.step, "features": fe.info.get("sha256", kind),
