@@ -53,6 +53,7 @@ from benchmarks._report import (
 )
 from scorekit._validate import ConfigError
 from scorekit.ranks import Ranks
+from scorekit.rng import SampleStreams
 
 DEFAULT_METHODS = ["em", "pc", "ode", "heun", "dpm_solver", "unipc", "ggf", "em+tp", "heun+tp",
                    "dpm_solver+tp", "dpm_solver+opt", "heun+opt",
@@ -159,10 +160,13 @@ class _Scorer:
         lo_i, hi_i = ranks.chunk(n)
         t0 = time.perf_counter()
         tr = self.trainer
-        if "peer" in section:  # k-diffusion's sampler on the same model, from the same draws
-            x_t = tr.sde.prior_sample((n, *tr.data.sample_shape), device=tr.device,
-                                      dtype=tr.dtype, generator=torch.Generator(tr.device)
-                                      .manual_seed(seed))[lo_i:hi_i]
+        if "peer" in section:
+            # k-diffusion's sampler on the same model from the very prior draws ours start
+            # from (sample i's stream, first draw): a paired comparison, free of the FD noise
+            # of two different sets of n draws.
+            streams = SampleStreams(sample_seed(seed) + lo_i, hi_i - lo_i, device=tr.device)
+            x_t = tr.sde.prior_sample((hi_i - lo_i, *tr.data.sample_shape), device=tr.device,
+                                      dtype=tr.dtype, generator=streams)
             tr.ema.eval()
             x, nfe = _peers.run_kd(*section["peer"], section["nfe"], tr.ema, tr.sde, x_t, seed)
             counts = torch.full((x.shape[0],), float(nfe), dtype=torch.float64)

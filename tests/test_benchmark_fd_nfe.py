@@ -69,6 +69,41 @@ def test_fd_nfe_resumes_from_cached_rows(tiny_run, tmp_path, monkeypatch):
     assert [r["fd_test"] for r in again["rows"]] == [r["fd_test"] for r in first["rows"]]
 
 
+def test_peer_starts_from_our_prior_draws(tiny_run, monkeypatch):
+    """k-diffusion's rows start from exactly the prior draws our samplers start from for the
+    same repetition (a paired comparison), and repetitions differ."""
+    import torch
+
+    from benchmarks import _peers
+    from scorekit.evaluation.features import FeatureExtractor
+
+    tr = Trainer.from_run_dir(tiny_run)
+    ours, peers = [], []
+    draw = tr.sde.prior_sample
+
+    def recording_prior(*args, **kwargs):
+        x = draw(*args, **kwargs)
+        ours.append(x.clone())
+        return x
+
+    def fake_kd(name, kind, nfe, score, sde, x_t, seed):
+        peers.append(x_t.clone())
+        return x_t, float(nfe)
+
+    score = fd_nfe._Scorer(tr, FeatureExtractor("raw"))
+    for rep in (0, 1):
+        monkeypatch.setattr(tr.sde, "prior_sample", recording_prior)
+        score({"method": "em", "steps": 2, "denoise": "none"}, 6, rep)
+        monkeypatch.undo()
+        monkeypatch.setattr(_peers, "run_kd", fake_kd)
+        score({"peer": ("euler", "karras"), "nfe": 2}, 6, rep)
+        monkeypatch.undo()
+    assert len(ours) == len(peers) == 2
+    for mine, theirs in zip(ours, peers, strict=True):
+        assert torch.equal(mine, theirs)
+    assert not torch.allclose(ours[0], ours[1])
+
+
 def test_benchmark_script_checks_suite_options():
     assert benchmark.parse(["suite=fd_nfe", "ckpt=x", "n=8"]) == ("fd_nfe", {"ckpt": "x", "n": 8})
     with pytest.raises(ValueError, match="unknown option 'bogus'"):
