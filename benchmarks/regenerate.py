@@ -15,7 +15,7 @@ each table's commands, outcome and wall time (a call with `only=` keeps the othe
 from earlier calls); `est_min` is the full run's wall time on a 2-core CPU: measured for the
 tables regenerated so far (closed_form, fkc_anneal, sample_ranks, nfe_quality_vp,
 nfe_quality_ve, nfe_quality_vp_ggf, nfe_quality_vp_teleport, nfe_quality_vp_ggf_d256,
-learned_nfe_digits, reflected_digits, mutation, faults), an
+learned_nfe_digits, reflected_digits, fd_nfe_digits_edm, mutation, faults), an
 estimate for the others (the sum is the time to budget for `suite=all`: about 12 hours, most
 of it the frontier, the Sudoku training and the nfe_quality grids).
 """
@@ -106,8 +106,9 @@ TABLES = [
             "trainer.resume=true", "trainer.steps=30", "eval.n_samples=50", "eval.plot=false",
             "trainer.progress=false"],
            ["scripts/benchmark.py", "suite=fd_nfe", f"ckpt={_DIGITS_EDM}_quick", "quick=true",
-            "n=100", "seeds=1", "name=fd_nfe_digits_edm"]], 45,
-          "12 min of training, then every sampler's FD vs NFE"),
+            "n=100", "seeds=1", "name=fd_nfe_digits_edm"]], 150,
+          "5000 training steps (12 min on an idle core, 51 on a busy one), then every sampler's "
+          "FD vs NFE (98 min)"),
     Table("faults", [["benchmarks/faults.py"]], [["benchmarks/faults.py", "--quick"]], 2,
           "SIGKILL, ENOSPC, bit flips, truncation, edited metadata, two writers"),
     Table("mutation", [["tests/mutation"]],
