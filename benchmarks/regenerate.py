@@ -179,5 +179,5 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
     failed = [r for r in rows if r["status"].startswith("failed")]
     if failed:
         raise CommandsFailed(f"{len(failed)} command(s) failed: "
-                           + "; ".join(f"{r['table']}: {r['command']}" for r in failed))
+                             + "; ".join(f"{r['table']}: {r['command']}" for r in failed))
     return payload
