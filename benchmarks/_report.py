@@ -151,6 +151,12 @@ class RowProgress:
         self.close()
 
 
+def setting_label(opts: dict[str, Any]) -> str:
+    """A row's sampler options as shown in the tables: "steps=9, rel_tol=0.05"."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in opts.items())
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):

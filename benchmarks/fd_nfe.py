@@ -49,6 +49,7 @@ from benchmarks._report import (
     environment,
     markdown_table,
     sample_seed,
+    setting_label,
     write,
 )
 from scorekit._validate import ConfigError
@@ -110,11 +111,6 @@ def grid(method: str, quick: bool, max_nfe: int, sde_name: str) -> list[dict]:
         # Karras' rho = 7 grid is what an EDM user would pick (Heun's default for EDM).
         points = [{**p, "grid": "edm"} for p in points]
     return points
-
-
-def _setting(opts: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in opts.items())
 
 
 class _RowCache:
@@ -206,11 +202,12 @@ def measure(trainer, methods: list[str], score: _Scorer, n: int, seeds: int, qui
     main = Ranks.current().is_main
     with RowProgress(len(plan) * seeds, "fd_nfe rows", show=main) as bar:
         for label, opts, section in plan:
+            setting = setting_label(opts)
             for seed in range(seeds):
-                key = f"{label}|{_setting(opts)}|{seed}"
+                key = f"{label}|{setting}|{seed}"
                 row = cache.get(key)
                 if row is None:
-                    row = {"method": label, "setting": _setting(opts), **score(section, n, seed)}
+                    row = {"method": label, "setting": setting, **score(section, n, seed)}
                     cache.put(key, row)
                 rows.append(row)
                 if main:

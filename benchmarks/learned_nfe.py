@@ -27,6 +27,7 @@ from benchmarks._report import (  # noqa: E402
     nfe_at,
     nfe_axes,
     sample_seed,
+    setting_label,
     write,
 )
 from scorekit.metrics import frechet_distance  # noqa: E402
@@ -84,8 +85,7 @@ def run(trainer: Trainer, methods: list[str], n: int, seeds: int, quick: bool) -
             section = {"method": method, **fixed, **opts}
             if fixed.get("teleport"):
                 section["t_start"] = t_star
-            setting = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in opts.items())
+            setting = setting_label(opts)
             for seed in range(seeds):
                 t0 = time.perf_counter()
                 res = trainer.sample(n, section, seed=sample_seed(seed))

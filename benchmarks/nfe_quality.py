@@ -35,6 +35,7 @@ from benchmarks._report import (  # noqa: E402
     environment,
     markdown_table,
     nfe_at,
+    setting_label,
     write,
 )
 from scorekit.data.synthetic import gmm_params  # noqa: E402
@@ -181,8 +182,7 @@ def run(quick: bool, sde_name: str, seeds: int, n: int, dims: list[int],
                              **errors(res.x, ref, mean, cov, score, entropy),
                              "time_s": time.perf_counter() - t0,
                              "t_start": extra.get("t_start", float(sde.T)),
-                             "setting": ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
-                                                  else f"{k}={v}" for k, v in opts.items())})
+                             "setting": setting_label(opts)})
                 r = rows[-1]
                 bar.row(f"{name:8s} {label:13s} nfe={res.nfe:7.1f} sw2={r['sw2']:.4f} "
                         f"cov_err={r['cov_err']:.4f} mode_tv={r['mode_tv']:.4f} "
