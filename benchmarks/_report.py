@@ -8,29 +8,25 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from scorekit.provenance import NOT_CODE, code_state, git
+
 ROOT = Path(__file__).resolve().parents[1]
 # Where tables go: benchmarks/results/ (committed), or SCOREKIT_RESULTS_DIR (`suite=all` sets it
 # for quick runs, so they never overwrite the committed tables).
 COMMITTED = ROOT / "benchmarks" / "results"
 RESULTS = Path(os.environ.get("SCOREKIT_RESULTS_DIR") or COMMITTED)
-CODE_ONLY = ":(exclude)benchmarks/results"
 VERSIONED = ("numpy", "scipy", "diffusers", "torchdiffeq", "k-diffusion", "triton",
              "safetensors", "hydra-core")
 
 
 def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                              cwd=ROOT).stdout.strip()
-    except OSError:
-        return ""
+    return git(ROOT, *args)
 
 
 def _versions() -> dict[str, str | None]:
@@ -59,21 +55,20 @@ def environment() -> dict[str, Any]:
     benchmarks/results/, and then the sha256 of their `git diff HEAD`) and the exact command,
     recorded next to every number."""
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
-    commit = _git("rev-parse", "--short", "HEAD")
     # Code and configs only: result tables written by an earlier benchmark of the same
     # `suite=all` run do not make the next one dirty.
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", CODE_ONLY))
+    state = code_state(ROOT)
     env = {"device": dev or platform.machine(), "torch": torch.__version__,
-           "python": platform.python_version(), "commit": commit or "unknown",
-           "dirty": dirty, "command": _command(), "threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "versions": _versions()}
-    if dirty:
-        diff = _git("diff", "HEAD", "--", ".", CODE_ONLY)
-        env["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+           "python": platform.python_version(), "commit": state.get("commit", "unknown"),
+           "dirty": state.get("dirty", False), "command": _command(),
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "versions": _versions()}
+    if "diff_sha256" in state:
+        env["diff_sha256"] = state["diff_sha256"]
     return env
 
 
-MEASURED = ("samplers", "scorekit", "benchmarks", CODE_ONLY)
+MEASURED = ("samplers", "scorekit", "benchmarks", NOT_CODE)
 # Per-sample seeds give sample i of `seed=s` the stream s + i, so repetitions seeded 0, 1, 2
 # would share all but one of their samples. Repetition r starts at r * SEED_STRIDE instead:
 # disjoint streams for any n below 2^32.

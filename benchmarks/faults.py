@@ -49,7 +49,7 @@ TINY = ["trainer.steps=200", "trainer.ckpt_every=2", "trainer.log_every=5",
 
 def _state(path: Path) -> tuple[dict, dict]:
     tensors, meta = io.load(path)
-    for key in ("train_time", "run_config"):
+    for key in ("train_time", "run_config", "segments"):  # how it ran, not what it learned
         meta.pop(key, None)
     return tensors, meta
 

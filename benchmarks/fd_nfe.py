@@ -53,6 +53,7 @@ from benchmarks._report import (
     write,
 )
 from scorekit._validate import ConfigError
+from scorekit.provenance import describe_segments
 from scorekit.ranks import Ranks
 from scorekit.rng import SampleStreams
 
@@ -317,7 +318,8 @@ def run(ckpt: str, features: str = "auto", weights: str | None = None, n: int = 
         if "weights" in info:  # the file's name and hash identify it; its location is local
             info["weights"] = Path(info["weights"]).name
         payload.update(run=str(run_dir.name), experiment=trainer.cfg.name,
-                       train_steps=trainer.step, train_time_s=trainer.train_time, n=n,
+                       train_steps=trainer.step, train_time_s=trainer.train_time,
+                       training_segments=trainer.training_segments(), n=n,
                        seeds=seeds, features=info, env=environment())
         payload["summary"] = summary = ln.summarise(payload["rows"])
         payload["versus"] = ln.versus(summary, PAIRS)
@@ -353,6 +355,7 @@ def report(payload: dict, name: str, out_dir: Path) -> tuple[Path, Path, Path]:
     sampler = ", ".join(f"{k}={v}" for k, v in m["sampler"].items() if v is not None)
     md = (f"# FD vs NFE: {payload['experiment']} ({payload['train_steps']} training steps, "
           f"{payload['train_time_s'] / 60:.1f} min of training)\n\nenv: {payload['env']}\n\n"
+          f"Model {describe_segments(payload.get('training_segments', []))}.\n\n"
           f"Features: {payload['features']}.\n\n"
           "## Against the data's own FD (real vs real split, equal n)\n\n"
           f"The run's sampler ({sampler}; NFE {m['nfe']:.0f}), n={m['n']} samples per seed, FD "

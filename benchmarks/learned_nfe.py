@@ -31,6 +31,7 @@ from benchmarks._report import (  # noqa: E402
     write,
 )
 from scorekit.metrics import frechet_distance  # noqa: E402
+from scorekit.provenance import describe_segments  # noqa: E402
 from scorekit.train import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,11 +176,13 @@ def main() -> None:
     trainer = trained(args.experiment, run_dir, overrides)
     payload = run(trainer, methods, args.n, args.seeds, args.quick)
     payload.update({"experiment": args.experiment, "train_steps": trainer.step, "n": args.n,
-                    "seeds": args.seeds, "env": environment()})
+                    "seeds": args.seeds, "env": environment(),
+                    "training_segments": trainer.training_segments()})
     payload["summary"] = summary = summarise(payload["rows"])
     name = f"learned_nfe_{args.experiment}{suffix}"
     md = (f"# Quality vs counted NFE, learned score ({args.experiment}, {trainer.step} training "
           f"steps, n={args.n}, seeds={args.seeds})\n\nenv: {payload['env']}\n\n"
+          f"Model {describe_segments(payload['training_segments'])}.\n\n"
           "Fréchet distance on raw pixels; mean over seeds, `fd_test_seed_spread` = max - min "
           "over seeds.\n\n"
           + markdown_table(sorted(summary, key=lambda r: (r["method"], r["nfe"])),

@@ -36,6 +36,7 @@ from benchmarks._report import (  # noqa: E402
 )
 from benchmarks.learned_nfe import trained  # noqa: E402
 from scorekit.metrics import frechet_distance  # noqa: E402
+from scorekit.provenance import describe_segments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # label -> (experiment, overrides). "reflected_smax2": sigma_max = 2 box widths instead of the
@@ -144,7 +145,8 @@ def main() -> None:
     summary = summarise(rows)
     tr = {label: {"train_steps": t.step, "train_time_s": t.train_time,
                   "final_loss": t.loss_history[-1] if t.loss_history else None,
-                  "sde": repr(t.sde)} for label, t in trainers.items()}
+                  "sde": repr(t.sde), "segments": t.training_segments()}
+          for label, t in trainers.items()}
     payload = {"rows": rows, "summary": summary, "fd_train_vs_test": floor, "training": tr,
                "n": args.n, "env": environment()}
     cfg = trainers["vp"].cfg.trainer
@@ -164,7 +166,8 @@ def main() -> None:
                             "outside_pixels", "outside_pixels_far", "max_outside"])
           + "\n\nTraining: "
           + "; ".join(f"{k}: {v['train_steps']} steps, {v['train_time_s']:.0f} s, final loss "
-                      f"{v['final_loss']:.4g}" for k, v in tr.items()) + "\n")
+                      f"{v['final_loss']:.4g}, {describe_segments(v['segments'])}"
+                      for k, v in tr.items()) + "\n")
     js, mdp = write(f"reflected_digits{suffix}", payload, md)
     png = js.with_suffix(".png")
     plot(summary, floor, png, f"digits: reflected vs VP ({steps} training steps)")

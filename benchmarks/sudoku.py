@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._report import RowProgress, environment, markdown_table, write
+from scorekit.provenance import describe_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUES = [25, 30, 35, 40, 45]
@@ -91,6 +92,7 @@ def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzl
     payload = {
         "suite": "sudoku", "env": env, "budget_min": budget_min,
         "train_time_s": trainer.train_time, "train_steps": trainer.step,
+        "training_segments": trainer.training_segments(),
         "batch_size": trainer.cfg.trainer.batch_size, "n_puzzles": n_puzzles, "seed": seed,
         "config": {k: dict(trainer.cfg[k]) for k in ("model", "sde", "objective", "trainer")},
         "overrides": extra, "main": main, "rows": rows,
@@ -106,7 +108,9 @@ def _markdown(p: dict[str, Any]) -> str:
     head = (f"# Sudoku by Dirichlet diffusion\n\nTraining: {p['train_time_s'] / 60:.1f} min "
             f"({p['train_steps']} steps of {p['batch_size']} boards) on {env['device']} "
             f"({env['threads']} threads), budget {p['budget_min']} min, commit {env['commit']}, "
-            f"torch {env['torch']}.\n{p['n_puzzles']} held-out unique-solution puzzles per "
+            f"torch {env['torch']}; model "
+            f"{describe_segments(p.get('training_segments', []))}.\n"
+            f"{p['n_puzzles']} held-out unique-solution puzzles per "
             "clue count. `solved`: all rows, columns and boxes valid and the givens kept; "
             "`rows_cols_only`: the same without the boxes (what a checker that ignores boxes "
             "would report); `blank_acc`: cells equal to the generating grid. `candidates` = k: k "

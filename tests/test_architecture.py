@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
     ("scorekit", "scorekit._validate", "scorekit.io", "scorekit.rng", "scorekit.ranks",
-     "scorekit.lock"),
+     "scorekit.lock", "scorekit.provenance"),
     ("scorekit.processes",),
     ("scorekit.scores",),
     ("scorekit.data", "scorekit.objectives", "scorekit.nets"),

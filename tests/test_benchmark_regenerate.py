@@ -35,11 +35,13 @@ def test_dry_run_lists_commands_and_quick_never_targets_committed_tables(tmp_pat
 
 
 def test_environment_records_diff_hash_when_dirty(monkeypatch):
-    code = ("--", ".", _report.CODE_ONLY)  # result tables never count as a change
+    from scorekit import provenance
+
+    code = ("--", ".", ":(exclude)benchmarks/results")  # result tables never count as a change
     answers = {("rev-parse", "--short", "HEAD"): "abc1234",
                ("status", "--porcelain", "--untracked-files=no", *code): " M x.py",
                ("diff", "HEAD", *code): "diff --git a/x.py b/x.py\n+1\n"}
-    monkeypatch.setattr(_report, "_git", lambda *a: answers[a])
+    monkeypatch.setattr(provenance, "git", lambda root, *a: answers[a])
     env = _report.environment()
     import hashlib
 

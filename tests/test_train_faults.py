@@ -27,10 +27,11 @@ SHORT = [o for o in TINY if not o.startswith("trainer.steps")] + ["trainer.steps
 
 def _state(path):
     """Everything a checkpoint holds except wall-clock time and how the run was launched
-    (`run_config` records trainer.resume)."""
+    (`run_config` records trainer.resume, `segments` where each process took over)."""
     tensors, meta = ckpt.load(path)
     meta.pop("train_time")
     meta.pop("run_config")
+    meta.pop("segments")
     return tensors, meta
 
 

@@ -92,10 +92,20 @@ class CheckpointMixin:
         meta = {"step": self.step, "loss_history": self.loss_history, "optim": opt_meta,
                 "config": self._model_config(), "train_time": self.train_time,
                 "run_config": OmegaConf.to_container(self.cfg),
-                "skipped": self.skipped, "format": "scorekit-train-1"}
+                "skipped": self.skipped, "segments": self.training_segments(),
+                "format": "scorekit-train-1"}
         if self.scaler.is_enabled():  # fp16 loss scale and growth counter: exact resume
             meta["scaler"] = self.scaler.state_dict()
         return tensors, meta
+
+    def training_segments(self) -> list[dict[str, Any]]:
+        """Which code trained which steps: the loaded checkpoint's segments, then this
+        process's (`from_step`, `to_step`, `source`: `scorekit.provenance.source_state()`;
+        `source` None for steps trained before segments were recorded)."""
+        current = self._segment
+        if current is None or self.step <= current["from_step"]:
+            return list(self.segments)
+        return [*self.segments, {**current, "to_step": self.step}]
 
     def load_checkpoint(self, path: str | Path, weights_only: bool = False,
                         allow_pickle: bool | None = None) -> Path:
@@ -133,6 +143,10 @@ class CheckpointMixin:
         self.loss_history = list(meta["loss_history"])
         self.train_time = float(meta.get("train_time", 0.0))
         self.skipped = list(meta.get("skipped", []))
+        self.segments = list(meta.get("segments", []))
+        if not self.segments and self.step > 0:  # written before segments were recorded
+            self.segments = [{"from_step": 0, "to_step": self.step, "source": None}]
+        self._segment = None
         pending = tensors.get("losses.pending")
         self._losses = [] if pending is None else list(pending.to(self.device).unbind())
         return used

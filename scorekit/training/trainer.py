@@ -39,6 +39,7 @@ from scorekit.lock import DirLock, LockHeld
 from scorekit.nets import make_model
 from scorekit.objectives import make_objective
 from scorekit.processes import make_sde
+from scorekit.provenance import source_state
 from scorekit.scores.empirical import EmpiricalScore
 from scorekit.training import distributed
 from scorekit.training.checkpointing import CKPT_NAME, PREV_NAME, CheckpointMixin
@@ -199,6 +200,9 @@ class Trainer(CheckpointMixin, StepMixin, SamplingMixin):
         self.skipped: list[int] = []  # steps whose batch had a non-finite loss (skip_nonfinite)
         self._losses: list[torch.Tensor] = []  # losses since the last log (checkpointed too)
         self.train_time = 0.0
+        # Which code trained which steps: one entry per process that trained (`provenance`).
+        self.segments: list[dict[str, Any]] = []
+        self._segment: dict[str, Any] | None = None
         self._resume_checked = False  # `trainer.resume` is honoured once, by the first fit()
         self._sampler_checked = False  # the sampler section's dry run, once before training
         self.checkpoint_digest: str | None = None  # of the checkpoint last loaded or saved
@@ -273,6 +277,8 @@ class Trainer(CheckpointMixin, StepMixin, SamplingMixin):
         end = t.steps if until is None else min(until, t.steps)
         if self.step < end and not self._sampler_checked:
             self.check_sampler()  # a bad sampler option fails now, not after training
+        if self.step < end and self._segment is None:
+            self._segment = {"from_step": self.step, "source": source_state()}
         self.model.train()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not self._shows_progress())
