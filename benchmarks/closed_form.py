@@ -114,23 +114,22 @@ def probe(impl: str, n: int, b: int, d: int, reps: int, device: str) -> dict:
 def scaling(sizes: list[int], b: int, d: int, device: str, naive_max_gb: float,
             direct_max_n: int, reps: int) -> list[dict]:
     rows = []
-    bar = RowProgress(len(sizes) * len(IMPLS), "closed_form scaling")
-    for n in sizes:
-        for impl in IMPLS:
-            # naive: cdist output, its square, softmax and its exp temporaries: ~4 B x N floats
-            if impl == "naive" and 16 * b * n > naive_max_gb * 2**30:
-                rows.append({"impl": impl, "N": n, "B": b, "skipped": "does not fit"})
-                bar.row()
-                continue
-            if impl == "direct" and n > direct_max_n:
-                rows.append({"impl": impl, "N": n, "B": b, "skipped": "slow (exact distances)"})
-                bar.row()
-                continue
-            r = probe(impl, n, b, d, reps, device)
-            rows.append({"impl": impl, "N": n, "B": b, "d": d, **r,
-                         "naive_logits_mb": 4 * b * n / 2**20})
-            bar.row(json.dumps(rows[-1]))
-    bar.close()
+    with RowProgress(len(sizes) * len(IMPLS), "closed_form scaling") as bar:
+        for n in sizes:
+            for impl in IMPLS:
+                # naive: cdist output, its square, softmax and its exp temporaries: ~4 B x N floats
+                if impl == "naive" and 16 * b * n > naive_max_gb * 2**30:
+                    rows.append({"impl": impl, "N": n, "B": b, "skipped": "does not fit"})
+                    bar.row()
+                    continue
+                if impl == "direct" and n > direct_max_n:
+                    rows.append({"impl": impl, "N": n, "B": b, "skipped": "slow (exact distances)"})
+                    bar.row()
+                    continue
+                r = probe(impl, n, b, d, reps, device)
+                rows.append({"impl": impl, "N": n, "B": b, "d": d, **r,
+                             "naive_logits_mb": 4 * b * n / 2**20})
+                bar.row(json.dumps(rows[-1]))
     return rows
 
 
@@ -149,20 +148,19 @@ def quality(factors: list[float], n_samples: int, steps: int, n_smooth: int) -> 
     floor = frechet_distance(train[: len(test)].double(), test.double())
     sde = VPSDE()
     rows = []
-    bar = RowProgress(len(factors), "closed_form quality")
-    for f in factors:
-        score = EmpiricalScore(data.train, sde, smoothing=f * med, n_smooth=n_smooth)
-        res = samplers.sample(score, sde, (n_samples, *data.sample_shape), method="closed_form",
-                              steps=steps, generator=torch.Generator().manual_seed(1))
-        x = res.x.flatten(1)
-        nn = torch.cdist(x, train).min(1).values
-        rows.append({"smoothing_x_median_nn": f, "smoothing": f * med,
-                     "fd_test": frechet_distance(x.double(), test.double()),
-                     "memorised_frac": float((nn < 0.1 * med).double().mean()),
-                     "median_nn_to_train": float(nn.median()), "nfe": res.nfe,
-                     "time_s": res.info["wall_time"]})
-        bar.row(json.dumps(rows[-1]))
-    bar.close()
+    with RowProgress(len(factors), "closed_form quality") as bar:
+        for f in factors:
+            score = EmpiricalScore(data.train, sde, smoothing=f * med, n_smooth=n_smooth)
+            res = samplers.sample(score, sde, (n_samples, *data.sample_shape), method="closed_form",
+                                  steps=steps, generator=torch.Generator().manual_seed(1))
+            x = res.x.flatten(1)
+            nn = torch.cdist(x, train).min(1).values
+            rows.append({"smoothing_x_median_nn": f, "smoothing": f * med,
+                         "fd_test": frechet_distance(x.double(), test.double()),
+                         "memorised_frac": float((nn < 0.1 * med).double().mean()),
+                         "median_nn_to_train": float(nn.median()), "nfe": res.nfe,
+                         "time_s": res.info["wall_time"]})
+            bar.row(json.dumps(rows[-1]))
     return {"rows": rows, "median_nn_train": med, "held_out_median_nn_to_train": test_nn,
             "fd_floor_train_vs_test": floor, "n_samples": n_samples, "steps": steps,
             "n_smooth": n_smooth, "n_train": len(train), "n_test": len(test)}

@@ -74,26 +74,25 @@ def main() -> None:
     sde = VPSDE()
     rows, per_pop = [], {}
     methods = ("naive", "fkc (no moves)", "fkc + MALA")
-    bar = _report.RowProgress(len(TARGETS) * len(methods), "fkc_anneal rows")
-    for label, var in TARGETS.items():
-        p = GMMScore(torch.tensor([0.3, 0.7]), torch.tensor([[-2.0], [2.0]]),
-                     torch.tensor(var)[:, None, None], sde)
-        ref = reference_mass(p, sde)
-        for method in methods:
-            mass, nfe, wall = run_method(method, p, sde, args.populations, args.particles,
-                                         args.steps, args.seed)
-            err = 100 * (mass - ref)
-            per_pop[f"{label} | {method}"] = err.tolist()
-            rows.append({"target": label, "method": method, "true mass x<0": ref,
-                         "NFE": nfe, "mean error (pp)": err.mean().item(),
-                         "SE of mean (pp)": err.std().item() / math.sqrt(args.populations),
-                         "SD per population (pp)": err.std().item(),
-                         "max abs error (pp)": err.abs().max().item(),
-                         "share > 3 pp": (err.abs() > 3).double().mean().item(),
-                         "wall (s)": wall})
-            bar.row(f"{label:32s} {method:16s} err {err.mean():+6.2f} pp  SD {err.std():5.2f}  "
-                    f"max {err.abs().max():5.2f}  NFE {nfe:.0f}  {wall:.0f}s")
-    bar.close()
+    with _report.RowProgress(len(TARGETS) * len(methods), "fkc_anneal rows") as bar:
+        for label, var in TARGETS.items():
+            p = GMMScore(torch.tensor([0.3, 0.7]), torch.tensor([[-2.0], [2.0]]),
+                         torch.tensor(var)[:, None, None], sde)
+            ref = reference_mass(p, sde)
+            for method in methods:
+                mass, nfe, wall = run_method(method, p, sde, args.populations, args.particles,
+                                             args.steps, args.seed)
+                err = 100 * (mass - ref)
+                per_pop[f"{label} | {method}"] = err.tolist()
+                rows.append({"target": label, "method": method, "true mass x<0": ref,
+                             "NFE": nfe, "mean error (pp)": err.mean().item(),
+                             "SE of mean (pp)": err.std().item() / math.sqrt(args.populations),
+                             "SD per population (pp)": err.std().item(),
+                             "max abs error (pp)": err.abs().max().item(),
+                             "share > 3 pp": (err.abs() > 3).double().mean().item(),
+                             "wall (s)": wall})
+                bar.row(f"{label:32s} {method:16s} err {err.mean():+6.2f} pp  SD {err.std():5.2f}  "
+                        f"max {err.abs().max():5.2f}  NFE {nfe:.0f}  {wall:.0f}s")
     cols = ["target", "method", "true mass x<0", "NFE", "mean error (pp)", "SE of mean (pp)",
             "SD per population (pp)", "max abs error (pp)", "share > 3 pp"]
     name = "fkc_anneal_quick" if args.quick else "fkc_anneal"

@@ -150,44 +150,43 @@ def run(quick: bool, sde_name: str, seeds: int, n: int, dims: list[int],
     data = datasets(dims)
     plan = [(label, opts) for label in methods
             for opts in configs(METHODS[label][0], quick, max_nfe)]
-    bar = RowProgress(len(data) * seeds * len(plan), f"nfe_quality {sde_name} rows")
-    for name, params in data.items():
-        score = GMMScore(*params, sde)
-        mean, cov = mixture_moments(*params)
-        d = score.dim
-        big = score.sample_data(200_000, generator=torch.Generator().manual_seed(999))
-        entropy = float(data_nll(score, big).mean())
-        tp = samplers.GaussianTeleport(mean, cov, sde)
-        t_star, _ = tp.suggest_t_start(score, data=big, thresh=TP_THRESH,
-                                       generator=torch.Generator().manual_seed(0))
-        bar.say(f"{name}: teleport t* = {t_star:.4f} (EV >= {TP_THRESH})")
-        for seed in range(seeds):
-            g = torch.Generator().manual_seed(1000 + seed)
-            ref = score.sample_data(n, generator=g)
-            floor = errors(score.sample_data(n, generator=g), ref, mean, cov, score, entropy)
-            rows.append({"data": name, "method": "noise floor", "seed": seed, "nfe": 0.0,
-                         "nfe_min": 0, "nfe_max": 0, **floor, "time_s": 0.0})
-            for label, opts in plan:
-                method, fixed = METHODS[label]
-                if method == "pc":
-                    opts = {**opts, "snr": pc_snr}
-                extra = {"teleport": tp, "t_start": t_star} if fixed.get("teleport") else {}
-                t0 = time.perf_counter()
-                res = samplers.sample(score, sde, (n, d), method=method, dtype=torch.float64,
-                                      generator=torch.Generator().manual_seed(seed),
-                                      **{**fixed, **extra}, **opts)
-                rows.append({"data": name, "method": label, "seed": seed, "nfe": res.nfe,
-                             "nfe_min": int(res.nfe_per_sample.min()),
-                             "nfe_max": int(res.nfe_per_sample.max()),
-                             **errors(res.x, ref, mean, cov, score, entropy),
-                             "time_s": time.perf_counter() - t0,
-                             "t_start": extra.get("t_start", float(sde.T)),
-                             "setting": setting_label(opts)})
-                r = rows[-1]
-                bar.row(f"{name:8s} {label:13s} nfe={res.nfe:7.1f} sw2={r['sw2']:.4f} "
-                        f"cov_err={r['cov_err']:.4f} mode_tv={r['mode_tv']:.4f} "
-                        f"nll_gap={r['nll_gap']:+.4f}")
-    bar.close()
+    with RowProgress(len(data) * seeds * len(plan), f"nfe_quality {sde_name} rows") as bar:
+        for name, params in data.items():
+            score = GMMScore(*params, sde)
+            mean, cov = mixture_moments(*params)
+            d = score.dim
+            big = score.sample_data(200_000, generator=torch.Generator().manual_seed(999))
+            entropy = float(data_nll(score, big).mean())
+            tp = samplers.GaussianTeleport(mean, cov, sde)
+            t_star, _ = tp.suggest_t_start(score, data=big, thresh=TP_THRESH,
+                                           generator=torch.Generator().manual_seed(0))
+            bar.say(f"{name}: teleport t* = {t_star:.4f} (EV >= {TP_THRESH})")
+            for seed in range(seeds):
+                g = torch.Generator().manual_seed(1000 + seed)
+                ref = score.sample_data(n, generator=g)
+                floor = errors(score.sample_data(n, generator=g), ref, mean, cov, score, entropy)
+                rows.append({"data": name, "method": "noise floor", "seed": seed, "nfe": 0.0,
+                             "nfe_min": 0, "nfe_max": 0, **floor, "time_s": 0.0})
+                for label, opts in plan:
+                    method, fixed = METHODS[label]
+                    if method == "pc":
+                        opts = {**opts, "snr": pc_snr}
+                    extra = {"teleport": tp, "t_start": t_star} if fixed.get("teleport") else {}
+                    t0 = time.perf_counter()
+                    res = samplers.sample(score, sde, (n, d), method=method, dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(seed),
+                                          **{**fixed, **extra}, **opts)
+                    rows.append({"data": name, "method": label, "seed": seed, "nfe": res.nfe,
+                                 "nfe_min": int(res.nfe_per_sample.min()),
+                                 "nfe_max": int(res.nfe_per_sample.max()),
+                                 **errors(res.x, ref, mean, cov, score, entropy),
+                                 "time_s": time.perf_counter() - t0,
+                                 "t_start": extra.get("t_start", float(sde.T)),
+                                 "setting": setting_label(opts)})
+                    r = rows[-1]
+                    bar.row(f"{name:8s} {label:13s} nfe={res.nfe:7.1f} sw2={r['sw2']:.4f} "
+                            f"cov_err={r['cov_err']:.4f} mode_tv={r['mode_tv']:.4f} "
+                            f"nll_gap={r['nll_gap']:+.4f}")
     return {"sde": sde_name, "n_samples": n, "seeds": seeds, "quick": quick, "dims": dims,
             "methods": methods, "rows": rows, "env": environment()}
 

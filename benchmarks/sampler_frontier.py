@@ -308,45 +308,44 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
                     for seed in range(min(seeds, MAX_SEEDS.get(tname, seeds)))}
             if any(todo.values()):
                 plan.append((tname, sde_name, parts, todo))
-    bar = RowProgress(sum(len(m) for *_, todo in plan for m in todo.values()),
-                      "frontier blocks", unit="block")
-    for tname, sde_name, parts, todo in plan:
-        sde = SDES[sde_name]()
-        n = 2000 if quick else TARGET_N[tname]
-        target = Target(tname, sde, n)
-        tp = samplers.GaussianTeleport(target.mean, target.cov, sde)
-        t_star, _ = tp.suggest_t_start(target.fast, thresh=0.99,
-                                       generator=torch.Generator().manual_seed(0))
-        grids = ({m: tuned_grids(target, nfe_grid, m) for m in
-                  {RUNS[lb][0] for lb in parts["opt"]}}
-                 if any("opt" in p for p in todo.values()) else {})
-        for seed, missing in todo.items():
-            t0 = time.perf_counter()
-            x_t = sde.prior_sample((n, target.dim), generator=torch.Generator()
-                                   .manual_seed(100 + seed), dtype=F64)
-            base = {"target": tname, "sde": sde_name, "seed": seed}
-            for part in missing:
-                if part == "em_long":
-                    rows = _registered(target, "em", EM_LONG, x_t, tp, t_star, {}, seed)
-                else:
-                    rows = [] if part else [{"method": "noise floor", "family": "floor",
-                                             "nfe": 0.0, "error": target.floor(500 + seed)}]
-                    for label in parts[part]:
-                        rows += _registered(target, label, nfe_grid, x_t, tp, t_star,
-                                            grids.get(RUNS[label][0], {}), seed)
-                    if not part:
-                        rows += _peer_rows(target, nfe_grid, x_t, seed, quick)
-                key = _key(sde_name, tname, seed, part)
-                done["blocks"][key] = [{**base, **r} for r in rows]
-                done["commits"][key] = commit
-                out.mkdir(parents=True, exist_ok=True)
-                io.write_text_atomic(partial, json.dumps(done))
-                bar.row()
-            if missing:
-                what = ", ".join(part or "main" for part in missing)
-                bar.say(f"{sde_name} {tname} seed {seed} ({what}): "
-                        f"{time.perf_counter() - t0:.0f} s")
-    bar.close()
+    with RowProgress(sum(len(m) for *_, todo in plan for m in todo.values()),
+                     "frontier blocks", unit="block") as bar:
+        for tname, sde_name, parts, todo in plan:
+            sde = SDES[sde_name]()
+            n = 2000 if quick else TARGET_N[tname]
+            target = Target(tname, sde, n)
+            tp = samplers.GaussianTeleport(target.mean, target.cov, sde)
+            t_star, _ = tp.suggest_t_start(target.fast, thresh=0.99,
+                                           generator=torch.Generator().manual_seed(0))
+            grids = ({m: tuned_grids(target, nfe_grid, m) for m in
+                      {RUNS[lb][0] for lb in parts["opt"]}}
+                     if any("opt" in p for p in todo.values()) else {})
+            for seed, missing in todo.items():
+                t0 = time.perf_counter()
+                x_t = sde.prior_sample((n, target.dim), generator=torch.Generator()
+                                       .manual_seed(100 + seed), dtype=F64)
+                base = {"target": tname, "sde": sde_name, "seed": seed}
+                for part in missing:
+                    if part == "em_long":
+                        rows = _registered(target, "em", EM_LONG, x_t, tp, t_star, {}, seed)
+                    else:
+                        rows = [] if part else [{"method": "noise floor", "family": "floor",
+                                                 "nfe": 0.0, "error": target.floor(500 + seed)}]
+                        for label in parts[part]:
+                            rows += _registered(target, label, nfe_grid, x_t, tp, t_star,
+                                                grids.get(RUNS[label][0], {}), seed)
+                        if not part:
+                            rows += _peer_rows(target, nfe_grid, x_t, seed, quick)
+                    key = _key(sde_name, tname, seed, part)
+                    done["blocks"][key] = [{**base, **r} for r in rows]
+                    done["commits"][key] = commit
+                    out.mkdir(parents=True, exist_ok=True)
+                    io.write_text_atomic(partial, json.dumps(done))
+                    bar.row()
+                if missing:
+                    what = ", ".join(part or "main" for part in missing)
+                    bar.say(f"{sde_name} {tname} seed {seed} ({what}): "
+                            f"{time.perf_counter() - t0:.0f} s")
     used = [key for key in done["blocks"] if key.split("/")[0] in sdes
             and key.split("/")[1] in targets and int(key.split("/")[2]) < seeds]
     rows = [r for key in used for r in done["blocks"][key]]

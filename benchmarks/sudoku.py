@@ -72,23 +72,22 @@ def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzl
     sweep = sweep if sweep is not None else (SWEEP[:2] if quick else SWEEP)
     sweep_clues = sweep_clues if sweep_clues is not None else SWEEP_CLUES
     rows = []
-    bar = RowProgress(sum(1 + (len(sweep) if c in sweep_clues else 0) for c in clues),
-                      "sudoku rows")
-    for n_clues in clues:
-        settings = [main] + (sweep if n_clues in sweep_clues else [])
-        puzzles = trainer.puzzles(n_clues, n_puzzles, seed=seed)
-        for opts in settings:
-            start = time.perf_counter()
-            sampler = {k: v for k, v in opts.items() if k != "candidates"}
-            pred, info = trainer.solve(puzzles, {"method": "jacobi", **sampler}, seed=seed + 1,
-                                       candidates=opts.get("candidates", 1))
-            row = {"clues": n_clues, "time_dilation_start": None, "candidates": 1, **opts,
-                   "nfe": info["nfe"], **trainer.score_solutions(pred, puzzles),
-                   "single_fill_solved": info["candidate_solved"],
-                   "sample_s": time.perf_counter() - start}
-            rows.append(row)
-            bar.row(markdown_table([row], list(row)).splitlines()[-1])
-    bar.close()
+    with RowProgress(sum(1 + (len(sweep) if c in sweep_clues else 0) for c in clues),
+                     "sudoku rows") as bar:
+        for n_clues in clues:
+            settings = [main] + (sweep if n_clues in sweep_clues else [])
+            puzzles = trainer.puzzles(n_clues, n_puzzles, seed=seed)
+            for opts in settings:
+                start = time.perf_counter()
+                sampler = {k: v for k, v in opts.items() if k != "candidates"}
+                pred, info = trainer.solve(puzzles, {"method": "jacobi", **sampler}, seed=seed + 1,
+                                           candidates=opts.get("candidates", 1))
+                row = {"clues": n_clues, "time_dilation_start": None, "candidates": 1, **opts,
+                       "nfe": info["nfe"], **trainer.score_solutions(pred, puzzles),
+                       "single_fill_solved": info["candidate_solved"],
+                       "sample_s": time.perf_counter() - start}
+                rows.append(row)
+                bar.row(markdown_table([row], list(row)).splitlines()[-1])
     payload = {
         "suite": "sudoku", "env": env, "budget_min": budget_min,
         "train_time_s": trainer.train_time, "train_steps": trainer.step,
