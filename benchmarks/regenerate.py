@@ -132,6 +132,14 @@ def _select(only: list[str] | str | None) -> list[Table]:
     return [t for t in TABLES if t.name in names]
 
 
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Name -> (size, mtime) of the files in `folder`."""
+    if not folder.is_dir():
+        return {}
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+            if p.is_file()}
+
+
 def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str | None = None,
         dry_run: bool = False, keep_going: bool = True) -> dict:
     """Run the commands of every (or `only` the named) table; writes regenerate.{json,md}."""
@@ -151,14 +159,18 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
             if dry_run:
                 rows.append({"table": table.name, "command": shown, "status": "dry run"})
                 continue
+            before = _files(COMMITTED)
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, check=False)
             wall = time.perf_counter() - start
             total += wall
             status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            touched = sorted(k for k, v in _files(COMMITTED).items() if before.get(k) != v)
+            if quick and touched:  # a script that ignores SCOREKIT_RESULTS_DIR
+                status = f"failed (wrote into benchmarks/results: {', '.join(touched)})"
             rows.append({"table": table.name, "command": shown, "status": status,
                          "wall_min": wall / 60, "est_min": table.est_min})
-            if proc.returncode != 0:  # the table's later commands need this one
+            if status != "ok":  # the table's later commands need this one
                 print(f"{table.name}: {shown} {status}", file=sys.stderr, flush=True)
                 stop = not keep_going
                 break

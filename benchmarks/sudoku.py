@@ -97,8 +97,8 @@ def run(budget_min: float = 30.0, run_dir: str = "outputs/bench/sudoku", n_puzzl
         "overrides": extra, "main": main, "rows": rows,
     }
     name = f"{name}_quick" if quick else name
-    _plot(rows, main, ROOT / "benchmarks" / "results" / f"{name}.png")
-    write(name, payload, _markdown(payload))
+    js, _ = write(name, payload, _markdown(payload))
+    _plot(rows, main, js.with_suffix(".png"))  # beside its tables (SCOREKIT_RESULTS_DIR too)
     return payload
 
 

@@ -100,3 +100,21 @@ def test_failed_table_command_exits_1_after_writing_the_others(tmp_path, monkeyp
     rows = json.loads((tmp_path / "regenerate_quick.json").read_text())["rows"]
     assert [(r["table"], r["status"]) for r in rows] == [("fails", "failed (exit 3)"),
                                                          ("works", "ok")]
+
+
+def test_quick_command_writing_the_committed_tables_fails(tmp_path, monkeypatch):
+    """A quick command that writes beside the committed tables (ignoring SCOREKIT_RESULTS_DIR)
+    fails the suite, naming the file; one that leaves them alone passes."""
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    (committed / "kept.md").write_text("| a |\n")
+    monkeypatch.setattr(regenerate, "COMMITTED", committed)
+    leak = f"open({str(committed / 'leak.png')!r}, 'w').write('x')"
+    tables = [regenerate.Table("leaks", [], [["-c", leak]], 1),
+              regenerate.Table("clean", [], [["-c", "print('fine')"]], 1)]
+    monkeypatch.setattr(regenerate, "TABLES", tables)
+    with pytest.raises(regenerate.CommandsFailed, match="leaks"):
+        regenerate.run(quick=True, out_dir=str(tmp_path / "quick"))
+    rows = json.loads((tmp_path / "quick" / "regenerate_quick.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["failed (wrote into benchmarks/results: leak.png)",
+                                           "ok"]
