@@ -8,11 +8,17 @@
 trained model first trains it; training resumes where an earlier call stopped). Each command
 runs in its own process, one after the other, with `SCOREKIT_RESULTS_DIR` pointing at the
 output folder: `benchmarks/results/` for the full run (the committed tables), and for quick
-runs `outputs/benchmarks_quick/` (never the committed tables). Every results JSON records its
-commit, dirty flag (and the hash of the diff when dirty), exact command, package versions and
-device (`benchmarks._report.environment`). `regenerate.{json,md}` in the output folder lists
-each table's commands, outcome and wall time (a call with `only=` keeps the other tables' rows
-from earlier calls); `est_min` is the full run's wall time on a 2-core CPU: measured for the
+runs `outputs/benchmarks_quick/` (never the committed tables; a quick command that writes
+there fails). Every results JSON records its commit, dirty flag (and the hash of the diff when
+dirty), exact command, package versions and device (`benchmarks._report.environment`).
+`regenerate.{json,md}` in the output folder lists each table's commands, outcome and wall time
+(a call with `only=` keeps the other tables' rows from earlier calls).
+
+`jobs=2` runs two tables at once, each command with half the cores' threads and its output in
+`<out>/logs/<table>.log` (the end of it printed if it fails); the tables that time things or
+use every core (`exclusive`: closed_form, hot_loop_cpu, sample_ranks) run first, alone.
+
+`est_min` is the full run's wall time on a 2-core CPU, one table at a time: measured for the
 tables regenerated so far (closed_form, fkc_anneal, sample_ranks, nfe_quality_vp,
 nfe_quality_ve, nfe_quality_vp_ggf, nfe_quality_vp_teleport, nfe_quality_vp_ggf_d256,
 learned_nfe_digits, reflected_digits, fd_nfe_digits_edm, mutation, faults), an
@@ -50,6 +56,8 @@ class Table:
     quick: list[list[str]]
     est_min: float
     note: str = ""
+    # Timed, or using every core: with `jobs` > 1 it runs alone, before the others.
+    exclusive: bool = False
 
 
 def _nq(*args: str, name: str) -> list[str]:
@@ -59,15 +67,15 @@ def _nq(*args: str, name: str) -> list[str]:
 _DIGITS_EDM = "outputs/bench/digits_edm"
 TABLES = [
     Table("closed_form", [["benchmarks/closed_form.py"]],
-          [["benchmarks/closed_form.py", "--quick", "--name", "closed_form"]], 2),
+          [["benchmarks/closed_form.py", "--quick", "--name", "closed_form"]], 2, exclusive=True),
     Table("fkc_anneal", [["benchmarks/fkc_anneal.py"]], [["benchmarks/fkc_anneal.py", "--quick"]],
           5),
     Table("hot_loop_cpu", [["benchmarks/hot_loop.py", "--device", "cpu", "--reps", "9"]],
           [["benchmarks/hot_loop.py", "--device", "cpu", "--quick", "--name", "hot_loop_cpu"]],
-          10),
+          10, exclusive=True),
     Table("sample_ranks", [["benchmarks/sample_ranks.py"]],
           [["benchmarks/sample_ranks.py", "--quick"]], 3,
-          "torchrun: 2 ranks of 1 thread vs 1 rank of 1 thread, digits MLP"),
+          "torchrun: 2 ranks of 1 thread vs 1 rank of 1 thread, digits MLP", exclusive=True),
     Table("nfe_quality_vp", [_nq("--sde", "vp", name="nfe_quality_vp")],
           [_nq("--sde", "vp", "--quick", name="nfe_quality_vp")], 43),
     Table("nfe_quality_ve", [_nq("--sde", "ve", name="nfe_quality_ve")],
@@ -140,40 +148,75 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
             if p.is_file()}
 
 
+def _run_table(table: Table, quick: bool, env: dict[str, str], log: Path | None,
+               progress: str) -> list[dict]:
+    """Run one table's commands in order (a failed one stops the table: the later ones need
+    it); output to the terminal, or appended to `log`. Returns a row per command run."""
+    rows = []
+    for cmd in (table.quick if quick else table.full):
+        shown = " ".join([PY, *cmd])
+        print(f"{progress} {table.name}: {shown}" + (f" (log: {log})" if log else ""),
+              flush=True)
+        before = _files(COMMITTED)
+        start = time.perf_counter()
+        if log is None:
+            proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, check=False)
+        else:
+            with open(log, "a") as sink:
+                sink.write(f"$ {shown}\n")
+                sink.flush()
+                proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, check=False,
+                                      stdout=sink, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - start
+        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        touched = sorted(k for k, v in _files(COMMITTED).items() if before.get(k) != v)
+        if quick and touched:  # a script that ignores SCOREKIT_RESULTS_DIR
+            status = f"failed (wrote into benchmarks/results: {', '.join(touched)})"
+        rows.append({"table": table.name, "command": shown, "status": status,
+                     "wall_min": wall / 60, "est_min": table.est_min})
+        if log is not None or status != "ok":
+            tail = ""
+            if log is not None and status != "ok":  # the error, without opening the log
+                tail = "".join(f"    {line}" for line in log.read_text().splitlines(True)[-20:])
+                tail = f"; the end of {log}:\n{tail}"
+            print(f"{table.name}: {status} after {wall / 60:.1f} min{tail}",
+                  file=sys.stderr if status != "ok" else sys.stdout, flush=True)
+        if status != "ok":
+            break
+    return rows
+
+
 def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str | None = None,
-        dry_run: bool = False, keep_going: bool = True) -> dict:
-    """Run the commands of every (or `only` the named) table; writes regenerate.{json,md}."""
+        dry_run: bool = False, keep_going: bool = True, jobs: int = 1) -> dict:
+    """Run the commands of every (or `only` the named) table; writes regenerate.{json,md}.
+
+    `jobs` > 1 runs that many tables at once, each command with OMP_NUM_THREADS = cores / jobs
+    (unless set), its output in <out>/logs/<table>.log; the `exclusive` tables (they time
+    things, or use every core) run first, alone, one after the other."""
     tables = _select(only)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
     out = Path(out_dir) if out_dir else (QUICK_DIR if quick else COMMITTED)
     if quick and out.resolve() == COMMITTED.resolve():
         raise ConfigError("quick runs never write the committed tables: pick another out_dir")
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SCOREKIT_RESULTS_DIR": str(out.resolve()), "PYTHONPATH": str(ROOT)}
-    rows, total, stop = [], 0.0, False
-    for i, table in enumerate(tables):
-        if stop:
-            break
-        for cmd in (table.quick if quick else table.full):
-            shown = " ".join([PY, *cmd])
-            print(f"[{i + 1}/{len(tables)}] {table.name}: {shown}", flush=True)
-            if dry_run:
-                rows.append({"table": table.name, "command": shown, "status": "dry run"})
-                continue
-            before = _files(COMMITTED)
-            start = time.perf_counter()
-            proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, check=False)
-            wall = time.perf_counter() - start
-            total += wall
-            status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-            touched = sorted(k for k, v in _files(COMMITTED).items() if before.get(k) != v)
-            if quick and touched:  # a script that ignores SCOREKIT_RESULTS_DIR
-                status = f"failed (wrote into benchmarks/results: {', '.join(touched)})"
-            rows.append({"table": table.name, "command": shown, "status": status,
-                         "wall_min": wall / 60, "est_min": table.est_min})
-            if status != "ok":  # the table's later commands need this one
-                print(f"{table.name}: {shown} {status}", file=sys.stderr, flush=True)
-                stop = not keep_going
+    count, begun = len(tables), time.perf_counter()
+    if dry_run:
+        rows = [{"table": t.name, "command": " ".join([PY, *cmd]), "status": "dry run"}
+                for t in tables for cmd in (t.quick if quick else t.full)]
+        for i, t in enumerate(tables):
+            for cmd in (t.quick if quick else t.full):
+                print(f"[{i + 1}/{count}] {t.name}: {' '.join([PY, *cmd])}", flush=True)
+    elif jobs == 1:
+        rows = []
+        for i, table in enumerate(tables):
+            rows += _run_table(table, quick, env, None, f"[{i + 1}/{count}]")
+            if not keep_going and rows[-1]["status"] != "ok":
                 break
+    else:
+        rows = _run_parallel(tables, quick, env, out / "logs", jobs, keep_going)
+    total = 0.0 if dry_run else time.perf_counter() - begun
     name = "regenerate_quick" if quick else "regenerate"
     done = {t.name for t in tables}
     if not dry_run and (out / f"{name}.json").is_file():  # an earlier call's other tables
@@ -193,3 +236,33 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
         raise CommandsFailed(f"{len(failed)} command(s) failed: "
                              + "; ".join(f"{r['table']}: {r['command']}" for r in failed))
     return payload
+
+
+def _run_parallel(tables: list[Table], quick: bool, env: dict[str, str], logs: Path,
+                  jobs: int, keep_going: bool) -> list[dict]:
+    """The exclusive tables alone, then the others `jobs` at a time; rows in table order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    logs.mkdir(parents=True, exist_ok=True)
+    order = {t.name: i for i, t in enumerate(tables)}
+    label = {t.name: f"[{order[t.name] + 1}/{len(tables)}]" for t in tables}
+    by_table: dict[str, list[dict]] = {}
+    failed = False
+    for table in (t for t in tables if t.exclusive):
+        (logs / f"{table.name}.log").unlink(missing_ok=True)
+        by_table[table.name] = _run_table(table, quick, env, logs / f"{table.name}.log",
+                                          label[table.name])
+        failed |= by_table[table.name][-1]["status"] != "ok"
+    shared = [t for t in tables if not t.exclusive]
+    if shared and (keep_going or not failed):
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **env}
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for table in shared:
+                (logs / f"{table.name}.log").unlink(missing_ok=True)
+            futures = {t.name: pool.submit(_run_table, t, quick, env,
+                                           logs / f"{t.name}.log", label[t.name])
+                       for t in shared}
+            for name, future in futures.items():
+                by_table[name] = future.result()
+    return [r for t in tables for r in by_table.get(t.name, [])]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import _report, regenerate
+from scorekit._validate import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,3 +119,31 @@ def test_quick_command_writing_the_committed_tables_fails(tmp_path, monkeypatch)
     rows = json.loads((tmp_path / "quick" / "regenerate_quick.json").read_text())["rows"]
     assert [r["status"] for r in rows] == ["failed (wrote into benchmarks/results: leak.png)",
                                            "ok"]
+
+
+def test_jobs_run_tables_at_once_and_exclusive_ones_alone(tmp_path, monkeypatch):
+    """jobs=2: the two shared tables overlap in time, each with half the cores' threads and its
+    own log; the exclusive table runs before them, alone; rows keep the table order."""
+    stamp = ("import json, os, sys, time; t0 = time.time(); time.sleep(1.0); "
+             "print('out of', sys.argv[1]); "
+             f"open({str(tmp_path / 'times.jsonl')!r}, 'a').write(json.dumps(dict(name="
+             "sys.argv[1], start=t0, end=time.time(), omp=os.environ.get('OMP_NUM_THREADS')))"
+             " + chr(10))")
+    tables = [regenerate.Table("a", [], [["-c", stamp, "a"]], 1),
+              regenerate.Table("timed", [], [["-c", stamp, "timed"]], 1, exclusive=True),
+              regenerate.Table("b", [], [["-c", stamp, "b"]], 1)]
+    monkeypatch.setattr(regenerate, "TABLES", tables)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(regenerate.os, "cpu_count", lambda: 4)
+    out = regenerate.run(quick=True, out_dir=str(tmp_path / "q"), jobs=2)
+    assert [(r["table"], r["status"]) for r in out["rows"]] == [("a", "ok"), ("timed", "ok"),
+                                                                ("b", "ok")]
+    runs = {r["name"]: r for r in map(json.loads, (tmp_path / "times.jsonl").read_text()
+                                      .splitlines())}
+    assert runs["timed"]["end"] <= min(runs["a"]["start"], runs["b"]["start"])
+    assert max(runs["a"]["start"], runs["b"]["start"]) < min(runs["a"]["end"], runs["b"]["end"])
+    assert runs["a"]["omp"] == runs["b"]["omp"] == "2"
+    for name in ("a", "b", "timed"):
+        assert f"out of {name}" in (tmp_path / "q" / "logs" / f"{name}.log").read_text()
+    with pytest.raises(ConfigError, match="jobs must be a positive integer"):
+        regenerate.run(quick=True, out_dir=str(tmp_path / "q"), jobs=0)
