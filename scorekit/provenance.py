@@ -58,8 +58,8 @@ def source_state() -> dict[str, Any]:
 
 def describe_segments(segments: list[dict[str, Any]]) -> str:
     """One line on which code trained a run, from its checkpoint's `segments`:
-    "trained at commit 1a2b3c4 (clean)", or every segment's steps and code when they differ or
-    some steps were not recorded."""
+    "trained at commit 1a2b3c4 (clean) in 2 segment(s)", or every segment's steps and code when
+    they differ or some steps were not recorded."""
     if not segments:
         return "training provenance not recorded"
 
