@@ -157,7 +157,7 @@ def _run_table(table: Table, quick: bool, env: dict[str, str], log: Path | None,
         shown = " ".join([PY, *cmd])
         print(f"{progress} {table.name}: {shown}" + (f" (log: {log})" if log else ""),
               flush=True)
-        before = _files(COMMITTED)
+        before = _files(COMMITTED) if quick else {}
         start = time.perf_counter()
         if log is None:
             proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, check=False)
@@ -169,8 +169,9 @@ def _run_table(table: Table, quick: bool, env: dict[str, str], log: Path | None,
                                       stdout=sink, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - start
         status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-        touched = sorted(k for k, v in _files(COMMITTED).items() if before.get(k) != v)
-        if quick and touched:  # a script that ignores SCOREKIT_RESULTS_DIR
+        touched = (sorted(k for k, v in _files(COMMITTED).items() if before.get(k) != v)
+                   if quick else [])
+        if touched:  # a script that ignores SCOREKIT_RESULTS_DIR
             status = f"failed (wrote into benchmarks/results: {', '.join(touched)})"
         rows.append({"table": table.name, "command": shown, "status": status,
                      "wall_min": wall / 60, "est_min": table.est_min})
@@ -203,11 +204,12 @@ def run(quick: bool = False, only: list[str] | str | None = None, out_dir: str |
     env = {**os.environ, "SCOREKIT_RESULTS_DIR": str(out.resolve()), "PYTHONPATH": str(ROOT)}
     count, begun = len(tables), time.perf_counter()
     if dry_run:
-        rows = [{"table": t.name, "command": " ".join([PY, *cmd]), "status": "dry run"}
-                for t in tables for cmd in (t.quick if quick else t.full)]
+        rows = []
         for i, t in enumerate(tables):
             for cmd in (t.quick if quick else t.full):
-                print(f"[{i + 1}/{count}] {t.name}: {' '.join([PY, *cmd])}", flush=True)
+                shown = " ".join([PY, *cmd])
+                print(f"[{i + 1}/{count}] {t.name}: {shown}", flush=True)
+                rows.append({"table": t.name, "command": shown, "status": "dry run"})
     elif jobs == 1:
         rows = []
         for i, table in enumerate(tables):
@@ -244,12 +246,12 @@ def _run_parallel(tables: list[Table], quick: bool, env: dict[str, str], logs: P
     from concurrent.futures import ThreadPoolExecutor
 
     logs.mkdir(parents=True, exist_ok=True)
-    order = {t.name: i for i, t in enumerate(tables)}
-    label = {t.name: f"[{order[t.name] + 1}/{len(tables)}]" for t in tables}
+    for table in tables:  # each call's logs start empty
+        (logs / f"{table.name}.log").unlink(missing_ok=True)
+    label = {t.name: f"[{i + 1}/{len(tables)}]" for i, t in enumerate(tables)}
     by_table: dict[str, list[dict]] = {}
     failed = False
     for table in (t for t in tables if t.exclusive):
-        (logs / f"{table.name}.log").unlink(missing_ok=True)
         by_table[table.name] = _run_table(table, quick, env, logs / f"{table.name}.log",
                                           label[table.name])
         failed |= by_table[table.name][-1]["status"] != "ok"
@@ -258,8 +260,6 @@ def _run_parallel(tables: list[Table], quick: bool, env: dict[str, str], logs: P
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **env}
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for table in shared:
-                (logs / f"{table.name}.log").unlink(missing_ok=True)
             futures = {t.name: pool.submit(_run_table, t, quick, env,
                                            logs / f"{t.name}.log", label[t.name])
                        for t in shared}
