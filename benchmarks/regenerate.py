@@ -18,12 +18,12 @@ dirty), exact command, package versions and device (`benchmarks._report.environm
 `<out>/logs/<table>.log` (the end of it printed if it fails); the tables that time things or
 use every core (`exclusive`: closed_form, hot_loop_cpu, sample_ranks) run first, alone.
 
-`est_min` is the full run's wall time on a 2-core CPU, one table at a time: measured for the
-tables regenerated so far (closed_form, fkc_anneal, sample_ranks, nfe_quality_vp,
-nfe_quality_ve, nfe_quality_vp_ggf, nfe_quality_vp_teleport, nfe_quality_vp_ggf_d256,
-learned_nfe_digits, reflected_digits, fd_nfe_digits_edm, mutation, faults, sudoku), an
-estimate for the others (the sum is the time to budget for `suite=all`: about 12 hours, most
-of it the frontier, the Sudoku training and the nfe_quality grids).
+`est_min` is the full run's wall time on a 2-core CPU, one table at a time, measured for every
+table. sampler_frontier ran as three concurrent processes: its figure is their per-block times
+(385 min) scaled by an uncontended rerun of the ring2/VP blocks (0.35x; the 256-D EDM block
+alone: 13 min), plus the grid tuning. The sum, about 13.5 hours, is the time to budget for
+`suite=all`; most of it is the frontier (3.5 h), the Sudoku and digits-EDM tables (2.5 h each,
+training included) and the nfe_quality grids.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ TABLES = [
           "trains three digits models"),
     Table("sampler_frontier", [["benchmarks/sampler_frontier.py", "--seeds", "3"]],
           [["benchmarks/sampler_frontier.py", "--quick", "--targets", "gauss16", "--sdes", "vp",
-            "--seeds", "1", "--name", "sampler_frontier"]], 240,
+            "--seeds", "1", "--name", "sampler_frontier"]], 215,
           "4 targets x VP/VE/EDM against k-diffusion and diffusers"),
     Table("fd_nfe_digits_edm",
           [["scripts/train.py", "experiment=digits_edm", f"hydra.run.dir={_DIGITS_EDM}",
