@@ -86,7 +86,7 @@ TABLES = [
           [_nq("--sde", "vp", "--quick", "--methods", "em,ggf,ggf_fresh",
                name="nfe_quality_vp_ggf")], 40),
     Table("nfe_quality_vp_ggf_d256",
-          [_nq("--sde", "vp", "--dims", "256", "--n", "1000", "--methods", "em,ggf,ggf_bridge",
+          [_nq("--sde", "vp", "--dims", "256", "--n", "1000", "--methods", "em,ggf,ggf_fresh",
                name="nfe_quality_vp_ggf_d256")],
           [_nq("--sde", "vp", "--quick", "--dims", "256", "--n", "200", "--methods",
                "em,ggf", name="nfe_quality_vp_ggf_d256")], 8),
