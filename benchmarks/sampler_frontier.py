@@ -2,7 +2,7 @@
 by side on the same exact scores, in one process.
 
     python benchmarks/sampler_frontier.py [--quick] [--targets gauss16,gauss256,gmm64,ring2]
-        [--sdes vp,ve,edm] [--seeds 3] [--out-dir DIR]
+        [--sdes vp,ve,edm] [--seeds 3] [--out-dir DIR] [--jobs N]
     python scripts/benchmark.py suite=frontier [quick=true] ...
 
 Targets (closed-form scores, float64): `gauss16` N(m, Q diag(lam) Q^T) with 16 eigenvalues
@@ -23,7 +23,8 @@ per call: `DiagonalGaussianScore`). Output: results/<name>.{json,md,png}: a tabl
 process, the frontier (best of ours vs best peer per NFE, with standard errors over seeds), the
 tuned grids' gain over the best fixed grid and a Pareto plot. Resumable per (target, process,
 seed) block (`<name>.partial.json`) while the measured code is unchanged; the table lists the
-commits its blocks ran at.
+commits its blocks ran at. `--jobs N` measures N (target, process) pairs at once, each in a
+spawned process with cores / N threads; the rows and their order are those of one process.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import sys
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from queue import Empty
 
 import torch
 
@@ -58,6 +63,7 @@ from benchmarks._report import (  # noqa: E402
     write,
 )
 from scorekit import io  # noqa: E402
+from scorekit._validate import ConfigError  # noqa: E402
 from scorekit.data.synthetic import gmm_params  # noqa: E402
 from scorekit.processes import Process  # noqa: E402
 from scorekit.scores import GaussianScore, GMMScore  # noqa: E402
@@ -269,13 +275,98 @@ def tuned_grids(target: Target, nfe_grid: list[int], method: str) -> dict[int, l
     return out
 
 
+def _pair_blocks(tname: str, sde_name: str, parts: dict, todo: dict, quick: bool,
+                 nfe_grid: list[int]) -> Iterator[tuple[str | None, object]]:
+    """Measure one (target, process)'s missing blocks: yields (key, rows) as each block
+    finishes and (None, a timing line) after each seed. The grids are tuned once per pair."""
+    sde = SDES[sde_name]()
+    n = 2000 if quick else TARGET_N[tname]
+    target = Target(tname, sde, n)
+    tp = samplers.GaussianTeleport(target.mean, target.cov, sde)
+    t_star, _ = tp.suggest_t_start(target.fast, thresh=0.99,
+                                   generator=torch.Generator().manual_seed(0))
+    grids = ({m: tuned_grids(target, nfe_grid, m) for m in {RUNS[lb][0] for lb in parts["opt"]}}
+             if any("opt" in p for p in todo.values()) else {})
+    for seed, missing in todo.items():
+        t0 = time.perf_counter()
+        x_t = sde.prior_sample((n, target.dim), generator=torch.Generator()
+                               .manual_seed(100 + seed), dtype=F64)
+        base = {"target": tname, "sde": sde_name, "seed": seed}
+        for part in missing:
+            if part == "em_long":
+                rows = _registered(target, "em", EM_LONG, x_t, tp, t_star, {}, seed)
+            else:
+                rows = [] if part else [{"method": "noise floor", "family": "floor",
+                                         "nfe": 0.0, "error": target.floor(500 + seed)}]
+                for label in parts[part]:
+                    rows += _registered(target, label, nfe_grid, x_t, tp, t_star,
+                                        grids.get(RUNS[label][0], {}), seed)
+                if not part:
+                    rows += _peer_rows(target, nfe_grid, x_t, seed, quick)
+            yield _key(sde_name, tname, seed, part), [{**base, **r} for r in rows]
+        if missing:
+            what = ", ".join(part or "main" for part in missing)
+            yield None, (f"{sde_name} {tname} seed {seed} ({what}): "
+                         f"{time.perf_counter() - t0:.0f} s")
+
+
+def _pair_worker(args: tuple, threads: int, queue) -> None:
+    """One pair in a spawned process: its blocks go to the parent through `queue`."""
+    torch.set_num_threads(threads)
+    for item in _pair_blocks(*args):
+        queue.put(item)
+
+
+def _blocks(plan: list[tuple], jobs: int, worker: Callable = _pair_worker
+            ) -> Iterator[tuple[str | None, object]]:
+    """`_pair_blocks` of every plan entry, in this process, or over `jobs` spawned processes
+    (`worker`, cores / jobs threads each) in the order they finish. If a pair fails, the pairs
+    not yet started are cancelled, the running ones finish (their blocks are kept), then it
+    raises."""
+    if jobs <= 1 or len(plan) <= 1:
+        for args in plan:
+            yield from _pair_blocks(*args)
+        return
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(worker, args, threads, queue) for args in plan]
+        while True:
+            try:
+                yield queue.get(timeout=1.0)
+                continue
+            except Empty:
+                pass
+            if any(f.done() and not f.cancelled() and f.exception() for f in futures):
+                for f in futures:
+                    f.cancel()
+            if all(f.done() for f in futures):
+                break
+        while True:  # what the last workers put after the final wait timed out
+            try:
+                yield queue.get_nowait()
+            except Empty:
+                break
+        for f in futures:
+            if not f.cancelled():
+                f.result()
+
+
 def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] | None = None,
-        seeds: int = 3, out_dir: str | None = None, name: str | None = None) -> dict:
+        seeds: int = 3, out_dir: str | None = None, name: str | None = None,
+        jobs: int = 1) -> dict:
     """Measure every (target, process, method, NFE) and write results/<name>.{json,md,png}.
 
     Each (process, target, seed) block is kept in <out_dir>/<name>.partial.json as it
     finishes: rerunning the same command after an interruption does only the missing blocks
-    (delete that file to start over)."""
+    (delete that file to start over). jobs > 1 measures that many (target, process) pairs at
+    once in separate processes; the rows are the same."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    for what, given, known in (("targets", targets, TARGET_N), ("sdes", sdes, SDES)):
+        if unknown := sorted(set(given or ()) - set(known)):
+            raise ConfigError(f"{what}: unknown {unknown}; valid: {sorted(known)}")
     targets = targets or (["gauss16"] if quick else list(TARGET_N))
     sdes = sdes or (["vp"] if quick else list(SDES))
     nfe_grid = QUICK_NFE if quick else NFE_GRID
@@ -293,7 +384,7 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
     if done.get("config") != config:
         done = {"config": config, "blocks": {}, "commits": {}}
     commit = environment()["commit"]
-    plan = []  # (target, process, parts, the blocks still missing per seed)
+    plan = []  # _pair_blocks' arguments per (target, process) with blocks still missing
     for tname in targets:
         for sde_name in sdes:
             run_labels = [lb for lb in labels if lb not in SKIP.get(tname, ())]
@@ -307,47 +398,25 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
                            not in done["blocks"]]
                     for seed in range(min(seeds, MAX_SEEDS.get(tname, seeds)))}
             if any(todo.values()):
-                plan.append((tname, sde_name, parts, todo))
-    with RowProgress(sum(len(m) for *_, todo in plan for m in todo.values()),
+                plan.append((tname, sde_name, parts, todo, quick, nfe_grid))
+    with RowProgress(sum(len(m) for _, _, _, todo, *_ in plan for m in todo.values()),
                      "frontier blocks", unit="block") as bar:
-        for tname, sde_name, parts, todo in plan:
-            sde = SDES[sde_name]()
-            n = 2000 if quick else TARGET_N[tname]
-            target = Target(tname, sde, n)
-            tp = samplers.GaussianTeleport(target.mean, target.cov, sde)
-            t_star, _ = tp.suggest_t_start(target.fast, thresh=0.99,
-                                           generator=torch.Generator().manual_seed(0))
-            grids = ({m: tuned_grids(target, nfe_grid, m) for m in
-                      {RUNS[lb][0] for lb in parts["opt"]}}
-                     if any("opt" in p for p in todo.values()) else {})
-            for seed, missing in todo.items():
-                t0 = time.perf_counter()
-                x_t = sde.prior_sample((n, target.dim), generator=torch.Generator()
-                                       .manual_seed(100 + seed), dtype=F64)
-                base = {"target": tname, "sde": sde_name, "seed": seed}
-                for part in missing:
-                    if part == "em_long":
-                        rows = _registered(target, "em", EM_LONG, x_t, tp, t_star, {}, seed)
-                    else:
-                        rows = [] if part else [{"method": "noise floor", "family": "floor",
-                                                 "nfe": 0.0, "error": target.floor(500 + seed)}]
-                        for label in parts[part]:
-                            rows += _registered(target, label, nfe_grid, x_t, tp, t_star,
-                                                grids.get(RUNS[label][0], {}), seed)
-                        if not part:
-                            rows += _peer_rows(target, nfe_grid, x_t, seed, quick)
-                    key = _key(sde_name, tname, seed, part)
-                    done["blocks"][key] = [{**base, **r} for r in rows]
-                    done["commits"][key] = commit
-                    out.mkdir(parents=True, exist_ok=True)
-                    io.write_text_atomic(partial, json.dumps(done))
-                    bar.row()
-                if missing:
-                    what = ", ".join(part or "main" for part in missing)
-                    bar.say(f"{sde_name} {tname} seed {seed} ({what}): "
-                            f"{time.perf_counter() - t0:.0f} s")
-    used = [key for key in done["blocks"] if key.split("/")[0] in sdes
-            and key.split("/")[1] in targets and int(key.split("/")[2]) < seeds]
+        for key, rows in _blocks(plan, jobs):
+            if key is None:
+                bar.say(rows)
+                continue
+            done["blocks"][key] = rows
+            done["commits"][key] = commit
+            out.mkdir(parents=True, exist_ok=True)
+            io.write_text_atomic(partial, json.dumps(done))
+            bar.row()
+    # One order whatever order the blocks finished in (resumes, jobs): targets, processes,
+    # seeds, parts as listed.
+    part_order = {"": 0, "opt": 1, "em_long": 2}
+    used = sorted((key for key in done["blocks"] if key.split("/")[0] in sdes
+                   and key.split("/")[1] in targets and int(key.split("/")[2]) < seeds),
+                  key=lambda k: (targets.index(k.split("/")[1]), sdes.index(k.split("/")[0]),
+                                 int(k.split("/")[2]), part_order[(k.split("/") + [""])[3]]))
     rows = [r for key in used for r in done["blocks"][key]]
     payload = {"quick": quick, "targets": targets, "sdes": sdes, "seeds": seeds,
                "nfe_grid": nfe_grid, "rows": rows, "env": environment(),
@@ -375,9 +444,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out-dir", default=None, help="default benchmarks/results/")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="(target, process) pairs measured at once, each in its own process")
     args = ap.parse_args()
     split = lambda v: v.split(",") if v else None  # noqa: E731
-    run(args.quick, split(args.targets), split(args.sdes), args.seeds, args.out_dir, args.name)
+    run(args.quick, split(args.targets), split(args.sdes), args.seeds, args.out_dir, args.name,
+        args.jobs)
 
 
 if __name__ == "__main__":

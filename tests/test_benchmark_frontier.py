@@ -117,3 +117,47 @@ def test_code_fingerprint_follows_the_measured_files_and_their_diff(monkeypatch)
     assert _report.code_fingerprint() != first
     state["tree"] = ""  # not a git checkout
     assert _report.code_fingerprint() == "unknown"
+
+
+def _strip(rows):
+    """The measured fields of each row (wall times differ between runs)."""
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+@pytest.mark.slow
+def test_jobs_measure_the_same_rows(tmp_path):
+    """Two (target, process) pairs in two spawned processes give the rows of one process, in
+    the same order (errors equal up to the summation order of another thread count)."""
+    one = sf.run(quick=True, sdes=["vp", "ve"], out_dir=str(tmp_path / "one"))
+    two = sf.run(quick=True, sdes=["vp", "ve"], out_dir=str(tmp_path / "two"), jobs=2)
+    a, b = _strip(one["rows"]), _strip(two["rows"])
+    assert {r["sde"] for r in a} == {"vp", "ve"}
+    assert [{k: v for k, v in r.items() if k != "error"} for r in a] \
+        == [{k: v for k, v in r.items() if k != "error"} for r in b]
+    assert [r["error"] for r in b] == pytest.approx([r["error"] for r in a], rel=1e-9)
+
+
+def _worker_failing_on_b(args, threads, queue):
+    """A stand-in pair worker (module level: the spawned process imports it)."""
+    queue.put((f"{args[0]}/block", threads))
+    if args[0] == "b":
+        raise RuntimeError("pair b failed")
+
+
+def test_parallel_blocks_stream_and_a_failure_raises():
+    """Blocks reach the parent as workers put them; a failed pair raises after the running ones
+    finish, with what they measured already yielded."""
+    got = []
+    with pytest.raises(RuntimeError, match="pair b failed"):
+        for item in sf._blocks([("a",), ("b",)], 2, worker=_worker_failing_on_b):
+            got.append(item)
+    assert sorted(k for k, _ in got) == ["a/block", "b/block"]
+    assert all(threads >= 1 for _, threads in got)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"jobs": 0}, "jobs must be"),
+                                           ({"targets": ["gauss17"]}, "targets: unknown"),
+                                           ({"sdes": ["subvp"]}, "sdes: unknown")])
+def test_bad_arguments_are_named(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sf.run(quick=True, out_dir=str(tmp_path), **kwargs)
