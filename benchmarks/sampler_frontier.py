@@ -63,7 +63,7 @@ from benchmarks._report import (  # noqa: E402
     write,
 )
 from scorekit import io  # noqa: E402
-from scorekit._validate import ConfigError  # noqa: E402
+from scorekit._validate import ConfigError, check_positive_int  # noqa: E402
 from scorekit.data.synthetic import gmm_params  # noqa: E402
 from scorekit.processes import Process  # noqa: E402
 from scorekit.scores import GaussianScore, GMMScore  # noqa: E402
@@ -79,6 +79,9 @@ KD_RTOLS = [0.1, 0.05, 0.02]
 # solvers' counted NFE can be set against the NFE EM needs for the same error (`adaptive_vs_em`).
 EM_LONG = [200, 400, 800]
 EM_LONG_TARGETS = ("gauss16", "gauss256")
+# A (process, target, seed)'s blocks, in table order: "" the methods on fixed grids and the
+# peers, "opt" the tuned grids, "em_long" EM beyond the grid.
+PARTS = ("", "opt", "em_long")
 SDES = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
 # The 64-D mixture's exact score and the 256-D Gaussian's rotated frame (where the adaptive
 # solvers run) cost O(n d^2) per call or more: 4000 draws keep a block near 5 CPU minutes. The
@@ -362,8 +365,7 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
     finishes: rerunning the same command after an interruption does only the missing blocks
     (delete that file to start over). jobs > 1 measures that many (target, process) pairs at
     once in separate processes; the rows are the same."""
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    check_positive_int(jobs, "jobs", ConfigError)
     for what, given, known in (("targets", targets, TARGET_N), ("sdes", sdes, SDES)):
         if unknown := sorted(set(given or ()) - set(known)):
             raise ConfigError(f"{what}: unknown {unknown}; valid: {sorted(known)}")
@@ -388,8 +390,7 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
     for tname in targets:
         for sde_name in sdes:
             run_labels = [lb for lb in labels if lb not in SKIP.get(tname, ())]
-            # A block per (process, target, seed) and part: "" the methods on fixed grids and
-            # the peers, "opt" the tuned grids, "em_long" EM beyond the grid.
+            # A block per (process, target, seed) and part (`PARTS`).
             parts = {"": [lb for lb in run_labels if not lb.endswith("+opt")],
                      "opt": [lb for lb in run_labels if lb.endswith("+opt")],
                      "em_long": ["em"] if not quick and tname in EM_LONG_TARGETS else []}
@@ -412,11 +413,11 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
             bar.row()
     # One order whatever order the blocks finished in (resumes, jobs): targets, processes,
     # seeds, parts as listed.
-    part_order = {"": 0, "opt": 1, "em_long": 2}
-    used = sorted((key for key in done["blocks"] if key.split("/")[0] in sdes
-                   and key.split("/")[1] in targets and int(key.split("/")[2]) < seeds),
-                  key=lambda k: (targets.index(k.split("/")[1]), sdes.index(k.split("/")[0]),
-                                 int(k.split("/")[2]), part_order[(k.split("/") + [""])[3]]))
+    keys = {key: _split_key(key) for key in done["blocks"]}
+    used = sorted((key for key, (sde_name, tname, seed, _) in keys.items()
+                   if sde_name in sdes and tname in targets and seed < seeds),
+                  key=lambda k: (targets.index(keys[k][1]), sdes.index(keys[k][0]), keys[k][2],
+                                 PARTS.index(keys[k][3])))
     rows = [r for key in used for r in done["blocks"][key]]
     payload = {"quick": quick, "targets": targets, "sdes": sdes, "seeds": seeds,
                "nfe_grid": nfe_grid, "rows": rows, "env": environment(),
@@ -434,6 +435,12 @@ def run(quick: bool = False, targets: list[str] | None = None, sdes: list[str] |
 
 def _key(sde_name: str, tname: str, seed: int, part: str) -> str:
     return f"{sde_name}/{tname}/{seed}" + (f"/{part}" if part else "")
+
+
+def _split_key(key: str) -> tuple[str, str, int, str]:
+    """`_key`'s inverse: (process, target, seed, part)."""
+    sde_name, tname, seed, *part = key.split("/")
+    return sde_name, tname, int(seed), part[0] if part else ""
 
 
 def main() -> None:

@@ -59,10 +59,11 @@ def check_kwargs(fn: Callable[..., Any], params: dict[str, Any], where: str,
             raise ValueError(f"unknown option {key!r} for {where}; valid options: {valid}")
 
 
-def check_positive_int(value: Any, name: str) -> int:
-    """Return value as int, raising ValueError naming it unless it is an integer >= 1."""
+def check_positive_int(value: Any, name: str, error: type[ValueError] = ValueError) -> int:
+    """Return value as int, raising `error` (ConfigError for a user's option) naming it unless
+    it is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise error(f"{name} must be an integer >= 1, got {value!r}")
     return value
 
 
